@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed `lightning` console script in `cwd`, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true", **(env or {})}
+    full_env.pop("WANDB_MODE", None) if env is None or "WANDB_MODE" not in env else None
+    exe = Path(sys.executable).with_name("lightning")
+    return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not present at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,79 @@
+"""The `lightning` console script end to end, through a subprocess as users run it."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_cli
+from tests.wandb_offline import offline_runs, read_offline_run
+
+TINY = str(REPO / "tests" / "cli_fixtures" / "tiny.yaml")
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_lightning_script_is_ours():
+    installed = Path(sys.executable).with_name("lightning")
+    assert "lightning_modules.cli" in installed.read_text(), f"{installed} is not signlab's script"
+    # What a user's shell finds first (possibly through a pyenv shim) must run the same CLI.
+    on_path = shutil.which("lightning")
+    assert on_path is not None
+    proc = subprocess.run([on_path, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "signlab" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_fit_writes_run_folder_and_wandb_config(tmp_path):
+    _ok(run_cli(["fit", "--config", TINY], cwd=tmp_path))
+    run = tmp_path / "runs" / "tiny"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 16  # 2 epochs x 8 batches
+    config, history = read_offline_run(offline_runs(run)[0])
+    assert config["model"]["class_path"] == "tests.cli_fixtures.tiny.TinyRegressor"
+    assert config["trainer"]["default_root_dir"] == "runs/tiny"  # the omegaconf interpolation resolved
+    assert len(history["val/loss"]) == 2
+
+
+@pytest.mark.slow
+def test_resume_last_continues_and_second_run_in_same_folder(tmp_path):
+    _ok(run_cli(["fit", "--config", TINY], cwd=tmp_path))
+    # A second run in the same folder must not trip over the saved config (Lightning #7679).
+    _ok(run_cli(["fit", "--config", TINY, "--trainer.max_epochs", "3", "--ckpt_path", "last"], cwd=tmp_path))
+    ckpt = torch.load(tmp_path / "runs/tiny/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 24 and ckpt["epoch"] == 2  # continued, not restarted from scratch
+    assert "lr_schedulers" in ckpt and ckpt["optimizer_states"][0]["state"]
+
+
+@pytest.mark.slow
+def test_resume_without_checkpoint_names_the_folder(tmp_path):
+    proc = run_cli(["fit", "--config", TINY, "--ckpt_path", "last"], cwd=tmp_path)
+    assert proc.returncode != 0
+    expected = str((tmp_path / "runs" / "tiny" / "checkpoints").resolve())
+    assert expected in proc.stderr
+    assert not (tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_wandb_mode_from_environment_wins(tmp_path):
+    _ok(run_cli(["fit", "--config", TINY, "--trainer.max_epochs", "1"], cwd=tmp_path,
+                env={"WANDB_MODE": "disabled"}))
+    assert (tmp_path / "runs/tiny/checkpoints/last.ckpt").is_file()
+    assert offline_runs(tmp_path / "runs" / "tiny") == []
+
+
+def test_print_config_merges_configs_left_to_right(tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("model:\n  init_args:\n    lr: 0.123\ntrainer:\n  max_epochs: 7\n")
+    proc = _ok(run_cli(["fit", "--config", TINY, "--config", str(override), "--print_config"], cwd=tmp_path))
+    assert "lr: 0.123" in proc.stdout and "max_epochs: 7" in proc.stdout
+    assert "save_last: true" in proc.stdout  # the run-folder checkpoint defaults are part of every config
