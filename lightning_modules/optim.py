@@ -1,0 +1,110 @@
+"""Two optimisers that Lightning's automatic optimisation sees as one, and the LR schedule.
+
+Geo-Sign trains Euclidean parameters with AdamW and the hyperbolic branch with Riemannian Adam
+(supplement Table 3). Lightning 2.x only automates a single optimiser (gradient accumulation,
+clipping, mixed precision, checkpointing); `JointOptimizer` is one `torch.optim.Optimizer` whose
+`param_groups`, `state`, `step`, `zero_grad` and `state_dict` cover both, so all of that keeps
+working and both optimisers land in every checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, MutableMapping
+
+import torch
+from torch.optim import Optimizer
+
+
+class _JointState(MutableMapping):
+    """`optimizer.state` of several optimisers as one mapping that writes through to the owner."""
+
+    def __init__(self, optimizers: list[Optimizer]) -> None:
+        self._optimizers = optimizers
+
+    def _owner(self, key) -> Optimizer:
+        for opt in self._optimizers:
+            if key in opt.state:
+                return opt
+        for opt in self._optimizers:  # a parameter with no state yet belongs to its group's owner
+            if any(key is p for g in opt.param_groups for p in g["params"]):
+                return opt
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        return self._owner(key).state[key]
+
+    def __setitem__(self, key, value) -> None:
+        self._owner(key).state[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self._owner(key).state[key]
+
+    def __iter__(self) -> Iterator:
+        for opt in self._optimizers:
+            yield from opt.state
+
+    def __len__(self) -> int:
+        return sum(len(opt.state) for opt in self._optimizers)
+
+
+class JointOptimizer(Optimizer):
+    """Steps several optimisers together; evaluates the closure once for all of them."""
+
+    def __init__(self, optimizers: list[Optimizer]) -> None:
+        # Deliberately no super().__init__: the groups and state live in the inner optimisers.
+        self.optimizers = optimizers
+        self.defaults = {}
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # The same dict objects as the inner groups, so schedulers and clipping act on them.
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> _JointState:
+        return _JointState(self.optimizers)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict["optimizers"]
+        if len(saved) != len(self.optimizers):
+            raise ValueError(f"checkpoint holds {len(saved)} optimisers, this model has {len(self.optimizers)}")
+        for opt, sd in zip(self.optimizers, saved):
+            opt.load_state_dict(sd)
+
+    def __repr__(self) -> str:
+        return f"JointOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine down to `min_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
