@@ -7,6 +7,8 @@ COCO-WholeBody-133 (0-based): 0-16 body (0 nose, 1/2 eyes, 3/4 ears, 5/6 shoulde
 """
 from __future__ import annotations
 
+import numpy as np
+
 # --------------------------------------------------------------------------------------------
 # Translation: the four Uni-Sign parts (69 nodes), in Uni-Sign's node order.
 # --------------------------------------------------------------------------------------------
@@ -92,3 +94,81 @@ def pt_parents() -> list[int]:
     for parent, child in PT_BONES:
         parents[child] = parent
     return parents
+
+
+# --------------------------------------------------------------------------------------------
+# Translation: frame sampling and Uni-Sign's part normalisation (datasets.py: load_part_kp,
+# crop_scale). Pure numpy; the datasets call these per sample.
+# --------------------------------------------------------------------------------------------
+
+MIN_VALID_BODY_POINTS = 4  # crop_scale gives up (all zeros) with fewer confident body points
+
+
+def sample_frame_indices(num_frames: int, max_len: int, rng: np.random.Generator | None = None,
+                         ) -> np.ndarray:
+    """Indices of at most ``max_len`` frames out of ``num_frames``, increasing.
+
+    Short clips keep every frame. Longer clips get a sorted random subset when ``rng`` is given
+    (training, as Uni-Sign) and evenly spaced frames otherwise (evaluation: deterministic,
+    unlike Uni-Sign, which also samples randomly at test time).
+    """
+    if num_frames <= 0 or max_len <= 0:
+        raise ValueError(f"num_frames ({num_frames}) and max_len ({max_len}) must be positive")
+    if num_frames <= max_len:
+        return np.arange(num_frames)
+    if rng is not None:
+        return np.sort(rng.choice(num_frames, size=max_len, replace=False))
+    # floor(x + 0.5) is monotone with unit steps, so spacing >= 1 never repeats an index
+    # (np.round's half-to-even could map 1.5 and 2.5 to the same frame).
+    return np.floor(np.linspace(0, num_frames - 1, max_len) + 0.5).astype(np.int64)
+
+
+def body_crop_scale(body: np.ndarray, threshold: float = SCORE_THRESHOLD,
+                    ) -> tuple[np.ndarray, float]:
+    """Uni-Sign's ``crop_scale`` on the body part: (T, 9, 3) xy+score -> normalised, scale.
+
+    The square box of side ``scale = max(w, h)`` around all confident points of all frames is
+    mapped to [-1, 1]; points with score <= threshold become (0, 0, 0). Returns
+    ``(zeros, 0.0)`` when fewer than 4 points are confident or the box is degenerate.
+    """
+    valid = body[body[..., 2] > threshold][:, :2]  # (N, 2) over every frame
+    if len(valid) < MIN_VALID_BODY_POINTS:
+        return np.zeros_like(body), 0.0
+    lo, hi = valid.min(axis=0), valid.max(axis=0)
+    scale = float((hi - lo).max())
+    if scale == 0:
+        return np.zeros_like(body), 0.0
+    corner = (lo + hi - scale) / 2  # top-left of the square box centred on the bbox
+    out = body.copy()
+    out[..., :2] = ((body[..., :2] - corner) / scale - 0.5) * 2
+    out = np.clip(out, -1, 1)
+    out[out[..., 2] <= threshold] = 0
+    return out, scale
+
+
+def normalise_parts(keypoints: np.ndarray, scores: np.ndarray,
+                    threshold: float = SCORE_THRESHOLD) -> tuple[dict[str, np.ndarray], float]:
+    """Split COCO-WholeBody frames into Uni-Sign's four parts and normalise them.
+
+    keypoints (T, 133, 2) in image-normalised coordinates, scores (T, 133) ->
+    ``({"body": (T, 9, 3), "left": (T, 21, 3), "right": (T, 21, 3), "face": (T, 18, 3)}, scale)``
+    float32, channels (x, y, score). The body goes through ``body_crop_scale``; hands and face
+    are taken relative to their anchor node (wrist root, nose tip), divided by the body scale
+    and clipped to [-1, 1]; low-score points are zeroed. ``scale == 0`` means every part is
+    zero (Uni-Sign's behaviour when the body is not confidently detected).
+    """
+    xys = np.concatenate([keypoints, scores[..., None]], axis=-1).astype(np.float32)  # (T, 133, 3)
+    body, scale = body_crop_scale(xys[:, BODY_COCO], threshold)
+    parts = {"body": body}
+    for name in ("left", "right", "face"):
+        part = xys[:, PART_COCO[name]].copy()  # (T, V, 3)
+        anchor = PART_ANCHOR[name]
+        part[..., :2] -= part[:, anchor:anchor + 1, :2]
+        if scale == 0:
+            part = np.zeros_like(part)
+        else:
+            part[..., :2] /= scale
+            part = np.clip(part, -1, 1)
+            part[part[..., 2] <= threshold] = 0
+        parts[name] = part
+    return parts, scale

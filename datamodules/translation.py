@@ -1,0 +1,150 @@
+"""``SignTranslationDataModule``: COCO-WholeBody pose pickles -> spoken-language text.
+
+Batch keys are documented in ``datamodules/batches.py``. Datasets and where files live:
+
+- ``csl_daily``: ``label_dir/labels.{train,dev,test}`` (Uni-Sign labels) and
+  ``pose_dir/<video_path stem>.pkl`` (Uni-Sign's ``pose_format``).
+- ``phoenix2014t``: ``label_dir/labels.{train,dev,test}`` (GFSLT-VLP labels; no video_path)
+  and ``pose_dir/<name>.pkl``, where ``name`` is the label's own name including its split
+  prefix, e.g. ``pose_dir/dev/11August_2010_Wednesday_tagesschau-2.pkl``.
+- ``synthsign``: generated into ``data_dir`` by ``prepare_data``; labels and poses under
+  ``data_dir/unisign`` are read through the same readers as the real datasets.
+
+Frames: at most ``max_len``; training draws a sorted random subset seeded by
+``(seed, epoch, index)``, dev/test take evenly spaced frames (deterministic evaluation).
+
+Errors: a missing/empty label file or an entry without text fails in ``setup``. A missing,
+corrupt, empty, non-finite or unconfident (fewer than 4 body points above the 0.3 score
+threshold, so Uni-Sign would feed all-zero parts) pose file raises an error naming the
+sample and file, or with ``on_bad_sample="skip"`` is dropped, logged once and counted in
+``self.skipped`` (reason -> names). Missing files are found in ``setup``; the rest when the
+sample is loaded.
+
+DDP: see ``SplitDataModule`` in ``datamodules/batches.py`` (dev/test are sharded without
+padding, so the model gathers its predictions; ``use_distributed_sampler: false``).
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.batches import (BadSampleError, SplitDataModule, TranslationCollate,
+                                 check_on_bad_sample, record_skips, skip_marker)
+from datamodules.formats import UnsafePickleError, read_pose_pickle, read_unisign_labels
+from datamodules.keypoints import SCORE_THRESHOLD, normalise_parts, sample_frame_indices
+from datamodules.tokenization import load_tokenizer
+
+DATASETS = ("csl_daily", "phoenix2014t", "synthsign")
+DEFAULT_LANGUAGE = {"csl_daily": "zh", "phoenix2014t": "de"}
+
+
+class _LowScore(ValueError):
+    """The body is not confidently detected, so Uni-Sign's normalisation yields zeros."""
+
+
+class PoseTextDataset(Dataset):
+    """One label file's samples; loads and normalises the pose pickle per item.
+
+    ``records`` hold ``name``, ``text``, ``gloss`` and ``pose_path``. A key is an index, or
+    ``(index, epoch)`` from the training ``ShardSampler``; ``train`` turns on random frame
+    subsets.
+    """
+
+    def __init__(self, records: list[dict], max_len: int, train: bool, seed: int,
+                 on_bad_sample: str):
+        self.records, self.max_len, self.train, self.seed = records, max_len, train, seed
+        self.on_bad_sample = on_bad_sample
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        try:
+            return self._load(record, index, epoch)
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            message = f"sample {record['name']!r}: {err}"
+            if self.on_bad_sample == "raise":
+                raise BadSampleError(message) from err
+            reason = ("missing" if isinstance(err, FileNotFoundError) else
+                      "unsafe" if isinstance(err, UnsafePickleError) else
+                      "low_score" if isinstance(err, _LowScore) else "invalid")
+            return skip_marker(record["name"], reason, message)
+
+    def _load(self, record: dict, index: int, epoch: int) -> dict:
+        keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        frames = sample_frame_indices(len(keypoints), self.max_len, rng)
+        parts, scale = normalise_parts(keypoints[frames], scores[frames])
+        if scale == 0:
+            raise _LowScore(f"{record['pose_path']}: fewer than 4 body keypoints score above "
+                            f"{SCORE_THRESHOLD} (or they coincide); every part would be zero")
+        item = {name: torch.from_numpy(part) for name, part in parts.items()}  # (T, V, 3) each
+        return item | {"text": record["text"], "gloss": record["gloss"], "name": record["name"]}
+
+
+class SignTranslationDataModule(SplitDataModule):
+    """Pose -> text data for Geo-Sign / Uni-Sign (see the module docstring for layouts).
+
+    ``synthsign_kwargs`` go to ``ensure_synthsign`` (corpus size, seed, language mode).
+    """
+
+    def __init__(self, dataset: str = "synthsign", data_dir: str = "data/synthsign",
+                 label_dir: str | None = None, pose_dir: str | None = None,
+                 tokenizer: str = "synthsign-zh", language: str | None = None,
+                 max_len: int = 256,  # Uni-Sign's max_length (frames)
+                 max_target_len: int = 64,  # tokens incl. eos; CSL-Daily's longest text is 43 chars
+                 batch_size: int = 8, num_workers: int = 0, on_bad_sample: str = "raise",
+                 seed: int = 0, synthsign_kwargs: dict | None = None):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        if dataset != "synthsign" and (label_dir is None or pose_dir is None):
+            raise ValueError(f"dataset {dataset!r} needs label_dir and pose_dir")
+        if max_len <= 0 or max_target_len <= 1 or batch_size <= 0:
+            raise ValueError("max_len, batch_size must be positive and max_target_len > 1")
+        self.save_hyperparameters()
+        self.dataset, self.data_dir = dataset, Path(data_dir)
+        self.synthsign_kwargs = dict(synthsign_kwargs or {})
+        self.max_len, self.seed = max_len, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
+        unisign_dir = self.data_dir / "unisign"
+        self.label_dir = Path(label_dir) if label_dir else unisign_dir
+        self.pose_dir = Path(pose_dir) if pose_dir else unisign_dir / "pose_format"
+        self.tokenizer = load_tokenizer(tokenizer)
+        if language is None:  # ISO 639-1 code of the target text (the model's prompt uses it)
+            language = DEFAULT_LANGUAGE.get(dataset) or (
+                tokenizer.removeprefix("synthsign-") if tokenizer.startswith("synthsign-") else None)
+        if language is None:
+            raise ValueError(f"set language for dataset {dataset!r} with tokenizer {tokenizer!r}")
+        self.language = language
+        self.collate_fn = TranslationCollate(self.tokenizer, max_target_len)
+
+    def _build(self, split: str) -> PoseTextDataset:
+        label_path = self.label_dir / f"labels.{split}"
+        labels = read_unisign_labels(label_path)
+        if not labels:
+            raise ValueError(f"{label_path}: no samples")
+        records, missing = [], []
+        for label in labels.values():
+            stem = Path(label["video_path"]).stem if label["video_path"] else label["name"]
+            pose_path = self.pose_dir / f"{stem}.pkl"
+            if not pose_path.is_file():
+                message = f"sample {label['name']!r}: pose file {pose_path} not found"
+                if self.on_bad_sample == "raise":
+                    raise FileNotFoundError(f"{label_path}: {message}")
+                missing.append((label["name"], "missing", message))
+                continue
+            records.append({"name": label["name"], "text": label["text"], "gloss": label["gloss"],
+                            "pose_path": pose_path})
+        record_skips(self.skipped, missing)
+        if not records:
+            raise ValueError(f"{label_path}: none of the {len(labels)} samples has a pose file "
+                             f"under {self.pose_dir}")
+        return PoseTextDataset(records, self.max_len, split == "train", self.seed, self.on_bad_sample)

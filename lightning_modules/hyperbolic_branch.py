@@ -1,0 +1,112 @@
+"""Geo-Sign's hyperbolic regulariser as a plain module: pose parts and text into the Poincaré ball,
+aligned by a contrastive loss (supplement C.2), plus the α loss blend (supplement E.2, Eq. 9).
+
+Only training runs it: translation at inference is mT5 alone.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from datamodules.keypoints import PART_NAMES
+from geometry import (
+    Curvature,
+    HyperbolicAttention,
+    HyperbolicContrastiveLoss,
+    HyperbolicProjection,
+    dist0,
+    frechet_mean,
+    frechet_weights,
+)
+
+MODES = ("pooled", "token")
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of (B, T, C) over the True positions of mask (B, T) -> (B, C)."""
+    keep = mask[..., None].to(x.dtype)
+    return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # clamp: an all-padding row gives 0, not NaN
+
+
+class HyperbolicBranch(nn.Module):
+    """Pooled (Fréchet mean of parts vs pooled text) or token (part queries attend to text tokens).
+
+    Args:
+        mode: "pooled" or "token" (supplement C.2.1 / C.2.2).
+        part_dim: width of each ST-GCN part stream (256).
+        text_dim: width of mT5's decoder states (d_model).
+        hyp_dim: dimension of the ball (d_hyp = 256, Table 3).
+        init_c: initial curvature (c_init = 1.5, Table 3); learnable unless `learn_c` is False.
+        label_smoothing: of the contrastive InfoNCE (label_smoothing_hyp = 0.2, Table 3).
+        frechet_temperature: λ_w of the part weights, Eq. 4 (1.0 in the paper).
+        frechet_iters: fixed iteration count of the Fréchet mean (pooled mode).
+        gather_negatives: contrast against the targets of every DDP rank.
+    """
+
+    def __init__(self, mode: str = "token", part_dim: int = 256, text_dim: int = 768,
+                 hyp_dim: int = 256,  # d_hyp, Table 3
+                 init_c: float = 1.5,  # c_init, Table 3
+                 learn_c: bool = True,
+                 label_smoothing: float = 0.2,  # label_smoothing_hyp, Table 3
+                 frechet_temperature: float = 1.0,  # λ_w, Eq. 4
+                 frechet_iters: int | None = None,
+                 gather_negatives: bool = False) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"hyperbolic mode must be one of {MODES} (or null for the baseline), got {mode!r}")
+        self.mode = mode
+        self.frechet_temperature = frechet_temperature
+        self.frechet_iters = frechet_iters
+        self.curvature = Curvature(init_c, learnable=learn_c)
+        self.part_proj = nn.ModuleDict({p: HyperbolicProjection(part_dim, hyp_dim, self.curvature) for p in PART_NAMES})
+        self.text_proj = HyperbolicProjection(text_dim, hyp_dim, self.curvature)
+        self.attention = HyperbolicAttention(hyp_dim, self.curvature) if mode == "token" else None
+        self.contrastive = HyperbolicContrastiveLoss(self.curvature, label_smoothing=label_smoothing,
+                                                     gather_negatives=gather_negatives)
+
+    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor) -> Tensor:
+        """h_p = HyperbolicProjection_p(masked temporal mean of part p): (B, P, hyp_dim).
+
+        The mean skips padded frames (the released code averages them in)."""
+        return torch.stack([self.part_proj[p](masked_mean(part_features[p], frame_mask)) for p in PART_NAMES], dim=1)
+
+    def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
+                target_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """part_features {p: (B, T, part_dim)}, decoder_hidden (B, L, text_dim) -> (L_hyp, logs)."""
+        c = self.curvature()
+        h_parts = self.part_embeddings(part_features, frame_mask)  # (B, P, D)
+        logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, dist0(h_parts, c).mean(0).unbind())}
+        if self.mode == "pooled":
+            w = frechet_weights(h_parts, c, dim=1, temperature=self.frechet_temperature)  # (B, P)
+            kwargs = {} if self.frechet_iters is None else {"iters": self.frechet_iters}
+            pose = frechet_mean(h_parts, w, c, dim=1, **kwargs)  # (B, D)
+            text = self.text_proj(masked_mean(decoder_hidden, target_mask))  # (B, D)
+            loss, stats = self.contrastive(pose, text)
+        else:
+            tokens = self.text_proj(decoder_hidden)  # (B, L, D)
+            contexts, _ = self.attention(h_parts, tokens, target_mask)  # (B, P, D)
+            per_part = [self.contrastive(h_parts[:, i], contexts[:, i]) for i in range(len(PART_NAMES))]
+            loss = torch.stack([l for l, _ in per_part]).mean()  # averaged over parts, C.2.2 step 4
+            stats = {k: torch.stack([s[k] for _, s in per_part]).mean() for k in per_part[0][1]}
+            logs["tau_attn"] = self.attention.tau_attn
+        logs.update(stats)
+        logs["curvature"] = c
+        return loss, logs
+
+
+class LossBlend(nn.Module):
+    """α = clamp(α_init + 0.1·progress + 0.2·σ(logit_α), 0.1, 1.0) (supplement Eq. 9).
+
+    `progress` is optimizer steps done / total optimizer steps, in [0, 1]. The released code
+    divides micro-batches by optimizer steps, so with gradient accumulation 8 α hits the clamp a
+    third of the way in and the regulariser switches off; callers here pass real optimizer steps.
+    """
+
+    def __init__(self, alpha_init: float = 0.7) -> None:  # α_init, Table 3
+        super().__init__()
+        self.alpha_init = alpha_init
+        self.logit = nn.Parameter(torch.tensor(0.0))  # logit_α, learnable (listing 10)
+
+    def forward(self, progress: float) -> Tensor:
+        progress = min(max(progress, 0.0), 1.0)
+        return (self.alpha_init + 0.1 * progress + 0.2 * torch.sigmoid(self.logit)).clamp(0.1, 1.0)

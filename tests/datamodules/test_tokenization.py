@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from datamodules.tokenization import (GlossVocab, build_word_level_tokenizer, load_gloss_vocab,
+                                      load_tokenizer)
+
+DE = ["der regen kommt morgen", "es wird kalt im norden", "morgen wird es warm"]
+ZH = ["他今年四岁。", "你们好", "今天天气很好，"]
+
+
+def test_word_level_de_specials_eos_and_round_trip():
+    tok = build_word_level_tokenizer(DE, "de")
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)  # mT5's ids
+    ids = tok("es wird warm")["input_ids"]
+    assert len(ids) == 4 and ids[-1] == 1 and 2 not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "es wird warm"
+    assert tok("es blitzt")["input_ids"] == [tok.convert_tokens_to_ids("es"), 2, 1]  # unknown word
+    assert len(tok) == 3 + len({w for s in DE for w in s.split()})
+
+
+def test_word_level_zh_is_per_character():
+    tok = build_word_level_tokenizer(ZH, "zh")
+    ids = tok("他今年好")["input_ids"]
+    assert len(ids) == 5 and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "他今年好"
+
+
+def test_word_level_is_deterministic():
+    a = build_word_level_tokenizer(DE, "de").get_vocab()
+    b = build_word_level_tokenizer(list(DE), "de").get_vocab()
+    assert a == b
+
+
+def test_load_tokenizer_json_file(tmp_path):
+    tok = build_word_level_tokenizer(DE, "de")
+    tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    assert loaded("der regen")["input_ids"] == tok("der regen")["input_ids"]
+    assert loaded.pad_token_id == 0
+
+
+def test_load_tokenizer_sentencepiece_directory(tmp_path):
+    """The mT5 layout: spiece.model + tokenizer_config.json, loaded offline through AutoTokenizer."""
+    spm = pytest.importorskip("sentencepiece")
+    model_dir = tmp_path / "mt5"
+    model_dir.mkdir()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter((DE + ZH) * 4), model_prefix=str(model_dir / "spiece"),
+        vocab_size=40, hard_vocab_limit=False, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>",
+         "unk_token": "<unk>", "extra_ids": 0}))
+    tok = load_tokenizer(str(model_dir))
+    ids = tok("der regen kommt")["input_ids"]
+    assert ids[-1] == tok.eos_token_id == 1 and tok.pad_token_id == 0
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "der regen kommt"
+
+
+def test_load_tokenizer_bad_spec(tmp_path):
+    with pytest.raises(ValueError, match="nowhere"):
+        load_tokenizer(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="synthsign-fr"):
+        load_tokenizer("synthsign-fr")
+
+
+def test_load_tokenizer_without_eos_is_refused(tmp_path):
+    tok = build_word_level_tokenizer(DE, "de").backend_tokenizer
+    tok.post_processor = None  # no eos appended any more
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="does not append its eos"):
+        load_tokenizer(str(tmp_path / "tokenizer.json"))
+
+
+def test_synthsign_specs_match_between_calls():
+    pytest.importorskip("datamodules.synthetic")
+    for spec in ("synthsign-de", "synthsign-zh"):
+        a, b = load_tokenizer(spec), load_tokenizer(spec)
+        assert a.get_vocab() == b.get_vocab() and len(a) > 3
+    assert len(load_gloss_vocab("synthsign")) > 3
+
+
+def test_gloss_vocab_encode_decode_save_load(tmp_path):
+    vocab = GlossVocab.from_sequences([["B", "A"], ["A", "C"], ["A"]])
+    assert vocab.itos == ["<pad>", "<unk>", "<mask>", "A", "B", "C"]  # by frequency, then name
+    assert vocab.encode(["A", "ZZZ", "C"]) == [3, GlossVocab.UNK, 5]
+    assert vocab.decode([3, 5, 0, 0]) == ["A", "C"]
+    vocab.save(tmp_path / "v.json")
+    assert GlossVocab.load(tmp_path / "v.json") == vocab
+    assert load_gloss_vocab(str(tmp_path / "v.json")) == vocab
+
+
+def test_load_gloss_vocab_from_pt_gloss_file(tmp_path):
+    (tmp_path / "train.gloss").write_text("REGEN MORGEN\nMORGEN SONNE\n")
+    vocab = load_gloss_vocab(str(tmp_path / "train.gloss"))
+    assert vocab.itos[3:] == ["MORGEN", "REGEN", "SONNE"]
+    with pytest.raises(ValueError, match="missing.gloss"):
+        load_gloss_vocab(str(tmp_path / "missing.gloss"))
+    (tmp_path / "bad.json").write_text('{"itos": ["A"]}')
+    with pytest.raises(ValueError, match="bad.json"):
+        load_gloss_vocab(str(tmp_path / "bad.json"))
+
+
+def test_cli_trains_tokenizer_json_from_label_file(tmp_path):
+    import gzip
+    import pickle
+
+    from datamodules.tokenization import main
+
+    labels = {f"S{i}": {"name": f"S{i}", "gloss": [], "text": t, "video_path": f"S{i}.mp4"}
+              for i, t in enumerate(ZH)}
+    (tmp_path / "labels.train").write_bytes(gzip.compress(pickle.dumps(labels)))
+    (tmp_path / "train.text").write_text("\n".join(DE) + "\n")
+    main([str(tmp_path / "labels.train"), "--language", "zh", "--out", str(tmp_path / "zh.json")])
+    tok = load_tokenizer(str(tmp_path / "zh.json"))
+    assert tok.decode(tok(ZH[2])["input_ids"], skip_special_tokens=True) == ZH[2]
+    assert len(tok) == 3 + len(set("".join(ZH)))
+    main([str(tmp_path / "train.text"), "--language", "de", "--out", str(tmp_path / "de.json")])
+    de = load_tokenizer(str(tmp_path / "de.json"))
+    assert de.decode(de(DE[1])["input_ids"], skip_special_tokens=True) == DE[1]

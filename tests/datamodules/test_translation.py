@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import copy
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import datamodules.batches as batches
+from datamodules.batches import BadSampleError, ShardSampler
+from datamodules.keypoints import normalise_parts, sample_frame_indices
+from datamodules.tokenization import build_word_level_tokenizer
+from datamodules.translation import SignTranslationDataModule
+
+# ------------------------------------------------------------------ Uni-Sign reference (loops)
+
+
+def _ref_crop_scale(motion, thr):
+    """Uni-Sign datasets.py crop_scale, transcribed with ratio = 1."""
+    result = copy.deepcopy(motion)
+    valid = motion[motion[..., 2] > thr][:, :2]
+    if len(valid) < 4:
+        return np.zeros(motion.shape), 0
+    xmin, xmax = min(valid[:, 0]), max(valid[:, 0])
+    ymin, ymax = min(valid[:, 1]), max(valid[:, 1])
+    scale = max(xmax - xmin, ymax - ymin)
+    if scale == 0:
+        return np.zeros(motion.shape), 0
+    xs, ys = (xmin + xmax - scale) / 2, (ymin + ymax - scale) / 2
+    result[..., :2] = (motion[..., :2] - [xs, ys]) / scale
+    result[..., :2] = (result[..., :2] - 0.5) * 2
+    result = np.clip(result, -1, 1)
+    result[result[..., 2] <= thr] = 0
+    return result, scale
+
+
+def _ref_load_part_kp(skeletons, confs, thr=0.3):
+    """Uni-Sign datasets.py load_part_kp on (T, 133, 2) / (T, 133), frame by frame."""
+    face = list(range(23, 40))[::2] + list(range(83, 91)) + [53]
+    out, scale = {}, None
+    for part in ["body", "left", "right", "face"]:
+        kps, cs = [], []
+        for sk, cf in zip(skeletons, confs):
+            if part == "body":
+                idx = [0] + list(range(3, 11))
+                k = sk[idx]
+            elif part == "left":
+                idx = list(range(91, 112))
+                k = sk[idx] - sk[91]
+            elif part == "right":
+                idx = list(range(112, 133))
+                k = sk[idx] - sk[112]
+            else:
+                idx = face
+                k = sk[idx] - sk[53]
+            kps.append(k)
+            cs.append(cf[idx])
+        motion = np.concatenate([np.stack(kps), np.stack(cs)[..., None]], axis=-1)
+        if part == "body":
+            result, scale = _ref_crop_scale(motion, thr)
+        elif scale == 0:
+            result = np.zeros(motion.shape)
+        else:
+            result = motion.copy()
+            result[..., :2] = result[..., :2] / scale
+            result = np.clip(result, -1, 1)
+            result[result[..., 2] <= thr] = 0
+        out[part] = result
+    return out, scale
+
+
+def make_pose(num_frames: int, rng: np.random.Generator, score: float = 0.9):
+    keypoints = rng.uniform(0.3, 0.7, (num_frames, 1, 133, 2))
+    scores = np.clip(rng.normal(score, 0.3, (num_frames, 1, 133)), 0, 1)  # some under 0.3
+    return {"keypoints": keypoints, "scores": scores.astype(np.float32)}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), frames=st.integers(1, 6), score=st.floats(0.1, 1.0))
+def test_normalise_parts_matches_unisign(seed, frames, score):
+    pose = make_pose(frames, np.random.default_rng(seed), score)
+    kp, sc = pose["keypoints"][:, 0].astype(np.float32), pose["scores"][:, 0]
+    ours, scale = normalise_parts(kp, sc)
+    ref, ref_scale = _ref_load_part_kp(kp, sc)
+    assert scale == pytest.approx(ref_scale, rel=1e-6)
+    for part in ref:
+        assert ours[part].dtype == np.float32
+        np.testing.assert_allclose(ours[part], ref[part], atol=1e-5)
+
+
+def test_normalise_parts_unconfident_body_gives_zero_scale():
+    kp = np.full((3, 133, 2), 0.5, np.float32)
+    parts, scale = normalise_parts(kp, np.full((3, 133), 0.2, np.float32))
+    assert scale == 0 and all(not p.any() for p in parts.values())
+
+
+def test_sample_frame_indices():
+    np.testing.assert_array_equal(sample_frame_indices(5, 8), np.arange(5))
+    even = sample_frame_indices(1000, 256)
+    assert len(even) == 256 and even[0] == 0 and even[-1] == 999
+    np.testing.assert_array_equal(even, sample_frame_indices(1000, 256))  # deterministic eval
+    for n in range(257, 600, 37):
+        idx = sample_frame_indices(n, 256)
+        assert len(np.unique(idx)) == 256 and (np.diff(idx) > 0).all()
+    rand = sample_frame_indices(1000, 256, np.random.default_rng(0))
+    assert len(np.unique(rand)) == 256 and (np.diff(rand) > 0).all()
+    assert not np.array_equal(rand, sample_frame_indices(1000, 256, np.random.default_rng(1)))
+    with pytest.raises(ValueError, match="num_frames"):
+        sample_frame_indices(0, 256)
+
+
+# ----------------------------------------------------------------------------------- samplers
+
+def test_eval_shards_cover_every_sample_once(monkeypatch):
+    shards = []
+    for rank in range(3):
+        monkeypatch.setattr(batches, "rank_and_world", lambda r=rank: (r, 3))
+        sampler = ShardSampler(10, shuffle=False)
+        shards.append(list(sampler))
+        assert len(sampler) == len(shards[-1])
+    assert sorted(i for s in shards for i in s) == list(range(10))
+
+
+def test_train_shards_equal_disjoint_and_seeded(monkeypatch):
+    def epoch_order(rank, epoch, seed=0):
+        monkeypatch.setattr(batches, "rank_and_world", lambda: (rank, 3))
+        sampler = ShardSampler(10, shuffle=True, seed=seed, epoch_fn=lambda: epoch)
+        keys = list(sampler)
+        assert len(keys) == len(sampler) == 3 and all(k[1] == epoch for k in keys)
+        return [k[0] for k in keys]
+
+    shards = [epoch_order(r, 0) for r in range(3)]
+    assert len({i for s in shards for i in s}) == 9  # disjoint; one sample waits
+    assert epoch_order(1, 0) == shards[1]  # depends only on seed and epoch
+    assert [epoch_order(r, 1) for r in range(3)] != shards
+    assert [epoch_order(r, 0, seed=5) for r in range(3)] != shards
+
+
+# -------------------------------------------------------------------------- the DataModule
+
+TEXTS = ["他今年四岁。", "你们好", "今天天气很好，", "我们去学校"]
+
+
+def _write_csl(root: Path, lengths: dict[str, list[int]], rng) -> tuple[Path, Path, str]:
+    label_dir, pose_dir = root / "labels", root / "poses"
+    label_dir.mkdir()
+    pose_dir.mkdir()
+    for split, lens in lengths.items():
+        labels = {}
+        for i, t in enumerate(lens):
+            name = f"S{split}{i:03d}_P0000_T00"
+            labels[name] = {"name": name, "gloss": ["你们", "好"], "text": TEXTS[i % len(TEXTS)],
+                            "video_path": f"{name}.mp4"}
+            (pose_dir / f"{name}.pkl").write_bytes(pickle.dumps(make_pose(t, rng)))
+        (label_dir / f"labels.{split}").write_bytes(gzip.compress(pickle.dumps(labels)))
+    tok_path = root / "tokenizer.json"
+    build_word_level_tokenizer(TEXTS, "zh").backend_tokenizer.save(str(tok_path))
+    return label_dir, pose_dir, str(tok_path)
+
+
+@pytest.fixture
+def csl(tmp_path):
+    return _write_csl(tmp_path, {"train": [5, 9, 3, 7, 4], "dev": [6, 300, 2], "test": [3, 3]},
+                      np.random.default_rng(0))
+
+
+def _dm(csl, **kw) -> SignTranslationDataModule:
+    label_dir, pose_dir, tok = csl
+    return SignTranslationDataModule(dataset="csl_daily", label_dir=str(label_dir),
+                                     pose_dir=str(pose_dir), tokenizer=tok, **kw)
+
+
+def test_translation_batch_contract(csl):
+    dm = _dm(csl, batch_size=3, max_len=8)
+    assert dm.tokenizer.pad_token_id == 0 and dm.language == "zh"
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    B, T = 3, 8  # dev lengths 6, 300 (-> 8 sampled), 2
+    for part, nodes in {"body": 9, "left": 21, "right": 21, "face": 18}.items():
+        assert batch[part].shape == (B, T, nodes, 3) and batch[part].dtype == torch.float32
+        assert batch[part].abs().max() <= 1
+    assert batch["frame_mask"].dtype == torch.bool
+    assert batch["frame_mask"].sum(1).tolist() == [6, 8, 2]
+    # padding repeats the last real frame (Uni-Sign's collate)
+    assert torch.equal(batch["body"][2, 2:], batch["body"][2, 1:2].expand(6, 9, 3))
+    assert batch["name"] == ["Sdev000_P0000_T00", "Sdev001_P0000_T00", "Sdev002_P0000_T00"]
+    assert batch["text"] == TEXTS[:3] and batch["gloss"][0] == ["你们", "好"]
+    ids, mask = batch["target_ids"], batch["target_mask"]
+    assert ids.dtype == torch.long and mask.dtype == torch.bool
+    lengths = mask.sum(1)
+    assert lengths.tolist() == [len(t) + 1 for t in TEXTS[:3]]  # characters + eos
+    assert (ids[torch.arange(B), lengths - 1] == dm.tokenizer.eos_token_id).all()
+    assert (ids[~mask] == dm.tokenizer.pad_token_id).all()
+    assert dm.tokenizer.decode(ids[0], skip_special_tokens=True) == TEXTS[0]
+
+
+def test_eval_is_deterministic_and_train_varies_by_epoch(csl):
+    dm = _dm(csl, batch_size=3, max_len=8)
+    dm.setup()
+    a, b = next(iter(dm.val_dataloader())), next(iter(dm.val_dataloader()))
+    assert torch.equal(a["body"], b["body"])
+    train = dm.datasets["train"]
+    assert torch.equal(train[(1, 0)]["body"], train[(1, 0)]["body"])
+    assert len(train[(1, 0)]["body"]) == 8  # 9 frames -> sorted random 8
+    assert any(not torch.equal(train[(1, 0)]["body"], train[(1, e)]["body"]) for e in range(1, 5))
+    names = [n for batch in dm.train_dataloader() for n in batch["name"]]
+    assert sorted(names) == sorted(r["name"] for r in train.records)
+
+
+def test_missing_pose_file_raises_at_setup_or_is_skipped(csl):
+    (csl[1] / "Strain002_P0000_T00.pkl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labels\.train: sample 'Strain002_P0000_T00'"):
+        _dm(csl).setup("fit")
+    dm = _dm(csl, on_bad_sample="skip")
+    dm.setup("fit")
+    assert dm.skipped == {"missing": ["Strain002_P0000_T00"]} and dm.num_skipped == 1
+    assert len(dm.datasets["train"]) == 4
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\x80\x04garbage", "invalid"),
+    (pickle.dumps({"keypoints": np.full((3, 1, 133, 2), np.inf), "scores": np.ones((3, 1, 133))}),
+     "invalid"),
+    (pickle.dumps({"keypoints": np.zeros((3, 1, 133, 2)), "scores": np.full((3, 1, 133), 0.1)}),
+     "low_score"),
+], ids=["corrupt", "non_finite", "unconfident"])
+def test_bad_pose_content_names_sample_or_is_skipped(csl, content, reason):
+    (csl[1] / "Sdev001_P0000_T00.pkl").write_bytes(content)
+    dm = _dm(csl, batch_size=3)
+    dm.setup("validate")
+    with pytest.raises(BadSampleError, match=r"sample 'Sdev001_P0000_T00': .*Sdev001_P0000_T00\.pkl"):
+        next(iter(dm.val_dataloader()))
+    dm = _dm(csl, batch_size=3, num_workers=1)  # the message survives the worker process
+    dm.setup("validate")
+    with pytest.raises(BadSampleError, match=r"sample 'Sdev001_P0000_T00'"):
+        next(iter(dm.val_dataloader()))
+    dm = _dm(csl, batch_size=3, on_bad_sample="skip", num_workers=1)
+    dm.setup("validate")
+    batch = dm.on_before_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert batch["name"] == ["Sdev000_P0000_T00", "Sdev002_P0000_T00"] and "skipped" not in batch
+    assert batch["body"].shape[0] == 2 and batch["target_ids"].shape[0] == 2
+    assert dm.skipped == {reason: ["Sdev001_P0000_T00"]}
+
+
+def test_label_problems_fail_at_setup(csl):
+    label_dir = csl[0]
+    (label_dir / "labels.dev").write_bytes(gzip.compress(pickle.dumps(
+        {"X": {"name": "X", "gloss": [], "video_path": "X.mp4"}})))
+    with pytest.raises(ValueError, match=r"labels\.dev: sample 'X' has no 'text'"):
+        _dm(csl).setup("validate")
+    (label_dir / "labels.test").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labels\.test"):
+        _dm(csl).setup("test")
+
+
+def test_phoenix_pose_path_uses_name_with_split(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "poses" / "dev").mkdir(parents=True)
+    labels = {}
+    for i in range(2):
+        name = f"dev/clip-{i}"
+        labels[name] = {"name": name, "gloss": "REGEN MORGEN", "text": "es regnet", "length": 4,
+                        "imgs_path": []}
+        (tmp_path / "poses" / f"{name}.pkl").write_bytes(pickle.dumps(make_pose(4, rng)))
+    (tmp_path / "labels.dev").write_bytes(gzip.compress(pickle.dumps(labels)))
+    build_word_level_tokenizer(["es regnet"], "de").backend_tokenizer.save(str(tmp_path / "t.json"))
+    dm = SignTranslationDataModule(dataset="phoenix2014t", label_dir=str(tmp_path),
+                                   pose_dir=str(tmp_path / "poses"), tokenizer=str(tmp_path / "t.json"))
+    assert dm.language == "de"
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["name"] == ["dev/clip-0", "dev/clip-1"]
+    assert batch["gloss"][0] == ["REGEN", "MORGEN"]
+
+
+def test_constructor_rejects_bad_arguments(csl):
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        SignTranslationDataModule(dataset="wlasl")
+    with pytest.raises(ValueError, match="needs label_dir and pose_dir"):
+        SignTranslationDataModule(dataset="csl_daily", tokenizer=csl[2])
+    with pytest.raises(ValueError, match="on_bad_sample"):
+        _dm(csl, on_bad_sample="ignore")
+
+
+def test_synthsign_corpus_through_the_real_readers(tmp_path):
+    pytest.importorskip("datamodules.synthetic")
+    dm = SignTranslationDataModule(data_dir=str(tmp_path / "synthsign"), batch_size=2,
+                                   synthsign_kwargs={"num_train": 4, "num_dev": 3, "num_test": 2})
+    dm.prepare_data()
+    dm.setup()
+    assert [len(dm.datasets[s]) for s in ("train", "dev", "test")] == [4, 3, 2]
+    for batch in dm.val_dataloader():
+        assert (batch["target_ids"] != dm.tokenizer.unk_token_id).all()  # tokenizer covers corpus
+        assert dm.tokenizer.batch_decode(batch["target_ids"], skip_special_tokens=True) == batch["text"]
+        assert batch["body"].abs().max() <= 1 and batch["frame_mask"].any(1).all()

@@ -1,0 +1,154 @@
+"""GeoSignTranslator: parameter split, α schedule under accumulation, inference without geometry."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader
+
+import geometry
+from datamodules.keypoints import PART_NAMES, PART_NODES
+from lightning_modules.geosign import GeoSignTranslator
+from lightning_modules.hyperbolic_branch import LossBlend
+from lightning_modules.poincare_disk import disk_coordinates
+
+TINY_MT5 = dict(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)
+TINY_ENCODER = dict(hidden=(8, 8, 16, 16), temporal_blocks=1)
+
+
+def tiny_model(hyperbolic="token", **kw) -> GeoSignTranslator:
+    torch.manual_seed(0)
+    return GeoSignTranslator(tokenizer="synthsign-zh", mt5_config={"vocab_size": 8, **TINY_MT5}, hyperbolic=hyperbolic,
+                             hyp_dim=8, encoder=TINY_ENCODER, num_beams=2, max_new_tokens=4, **kw)
+
+
+def random_batch(b=4, t=10, l=6, vocab=40, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    batch = {p: torch.randn(b, t, PART_NODES[p], 3, generator=g) for p in PART_NAMES}
+    lengths = torch.randint(t // 2, t + 1, (b,), generator=g)
+    batch["frame_mask"] = torch.arange(t) < lengths[:, None]
+    batch["target_ids"] = torch.randint(3, vocab, (b, l), generator=g)
+    batch["target_mask"] = torch.arange(l) < torch.randint(2, l + 1, (b,), generator=g)[:, None]
+    batch["target_ids"] = batch["target_ids"].masked_fill(~batch["target_mask"], 0)
+    batch["name"] = [f"s{seed}_{i}" for i in range(b)]
+    batch["text"] = ["一二三"] * b
+    batch["gloss"] = [["A"]] * b
+    return batch
+
+
+def test_parameter_split_covers_everything_once():
+    model = tiny_model("token")
+    hyp = {id(p) for p in model.hyperbolic_parameters()}
+    names = {n for n, p in model.named_parameters() if id(p) in hyp}
+    for expected in ("hyperbolic.curvature", "hyperbolic.contrastive", "hyperbolic.attention", "blend.logit",
+                     "hyperbolic.part_proj.body.proj.weight", "hyperbolic.text_proj.log_scale"):
+        assert any(n.startswith(expected) for n in names), (expected, names)
+    assert not any(n.startswith(("lm.", "encoder.")) for n in names)
+    assert tiny_model(None).hyperbolic_parameters() == []
+
+
+def test_alpha_schedule_formula():
+    blend = LossBlend(alpha_init=0.7)
+    assert float(blend(0.0).detach()) == pytest.approx(0.8)  # 0.7 + 0.2·σ(0)
+    assert float(blend(1.0)) == pytest.approx(0.9)
+    with torch.no_grad():
+        blend.logit.fill_(50.0)
+    assert float(blend(1.0)) == pytest.approx(1.0)  # clamped
+
+
+class _Record(Callback):
+    def __init__(self):
+        self.progress, self.alpha = [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.progress.append(module.progress())  # what training_step sees
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.alpha.append(float(trainer.callback_metrics["hyp/alpha"]))
+
+
+def test_alpha_progress_counts_optimizer_steps_under_accumulation(tmp_path):
+    model = tiny_model("pooled", warmup_epochs=0)
+    batches = [random_batch(seed=i) for i in range(32)]
+    loader = DataLoader(batches, batch_size=None)
+    record = _Record()
+    trainer = Trainer(max_epochs=1, accumulate_grad_batches=8, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      callbacks=[record], default_root_dir=tmp_path)
+    trainer.fit(model, loader)
+    assert trainer.global_step == 4
+    # 32 micro-batches = 4 optimizer steps: progress climbs to 3/4 before the last step, never past 1,
+    # so α stays below the clamp and the hyperbolic term keeps its weight to the end.
+    assert max(record.progress) == pytest.approx(3 / 4)
+    assert max(record.alpha) < 0.95
+
+
+def test_inference_runs_no_geometry():
+    model = tiny_model("token").eval()
+    batch = random_batch()
+    geometry_dir = str(Path(geometry.__file__).parent)
+    calls = []
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(geometry_dir):
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(tracer)
+    try:
+        hyps = model.translate(batch)
+    finally:
+        sys.setprofile(None)
+    assert len(hyps) == 4 and all(isinstance(h, str) for h in hyps)
+    assert calls == []
+    # Sanity check of the tracer itself: the training loss does run geometry.
+    sys.setprofile(tracer)
+    try:
+        model.train()
+        embeds, parts = model._encode(batch)
+        out = model.lm(embeds, batch["frame_mask"], batch["target_ids"], batch["target_mask"])
+        model.hyperbolic(parts, batch["frame_mask"], out.decoder_hidden, batch["target_mask"])
+    finally:
+        sys.setprofile(None)
+    assert "expmap0" in calls
+
+
+@pytest.mark.parametrize("mode", [None, "pooled", "token"])
+def test_training_step_gradients_reach_both_branches(mode):
+    model = tiny_model(mode)
+    batch = random_batch()
+    embeds, parts = model._encode(batch)
+    out = model.lm(embeds, batch["frame_mask"], batch["target_ids"], batch["target_mask"])
+    loss = out.loss
+    if mode:
+        loss_hyp, logs = model.hyperbolic(parts, batch["frame_mask"], out.decoder_hidden, batch["target_mask"])
+        loss = 0.7 * loss + 0.3 * loss_hyp
+        assert torch.isfinite(loss_hyp) and {"curvature", "tau", "margin", "pos_dist", "dist0_left"} <= set(logs)
+    loss.backward()
+    assert model.encoder.out.weight.grad is not None
+    if mode:
+        assert model.hyperbolic.curvature.parameters().__next__().grad is not None
+        assert model.encoder.streams["body"].parameters().__next__().grad.abs().sum() > 0
+
+
+def test_masked_mean_ignores_padding_in_part_embeddings():
+    model = tiny_model("pooled")
+    batch = random_batch()
+    _, parts = model._encode(batch)
+    h = model.hyperbolic.part_embeddings(parts, batch["frame_mask"])
+    changed = {p: f.clone() for p, f in parts.items()}
+    for f in changed.values():
+        f[~batch["frame_mask"]] = 100.0  # garbage at padded frames
+    torch.testing.assert_close(model.hyperbolic.part_embeddings(changed, batch["frame_mask"]), h)
+
+
+def test_disk_coordinates_stay_in_the_disk_and_keep_the_origin():
+    c = torch.tensor(1.5)
+    x = geometry.expmap0(torch.randn(50, 4, 16) * 2, c)
+    xy = disk_coordinates(x, c)
+    assert xy.shape == (50, 4, 2)
+    assert float(xy.norm(dim=-1).max()) < float(c.rsqrt())
+    origin = disk_coordinates(torch.zeros(3, 4, 16), c)
+    assert float(origin.abs().max()) == 0.0
