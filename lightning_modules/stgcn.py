@@ -29,11 +29,12 @@ def hop_distance(num_nodes: int, edges: Sequence[tuple[int, int]]) -> Tensor:
     for i, j in edges:
         if not (0 <= i < num_nodes and 0 <= j < num_nodes):
             raise ValueError(f"edge ({i}, {j}) is outside a graph of {num_nodes} nodes")
-    reach = torch.eye(num_nodes, dtype=torch.bool)
+    # Graph structure is computed on the CPU whatever the default device (e.g. a meta-device build).
+    reach = torch.eye(num_nodes, dtype=torch.bool, device="cpu")
     step = reach.clone()
     for i, j in edges:
         step[i, j] = step[j, i] = True
-    dist = torch.full((num_nodes, num_nodes), float("inf"), dtype=torch.float64)
+    dist = torch.full((num_nodes, num_nodes), float("inf"), dtype=torch.float64, device="cpu")
     dist[reach] = 0
     # Breadth-first growth of the reachable set: after d steps, reach holds all pairs within d hops.
     for d in range(1, num_nodes):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
 
 from lightning_modules.language_model import PROMPT, SignLanguageModel, build_mt5
 
@@ -135,3 +135,15 @@ def test_bad_inputs_raise(lm, tokenizer):
         SignLanguageModel(tokenizer, " ", config=TINY_MT5)
     with pytest.raises(ValueError, match="pad/eos"):
         SignLanguageModel(tokenizer, "Chinese", config={**TINY_MT5, "eos_token_id": 3})
+
+
+def test_untied_lm_head_survives_loading(tmp_path):
+    """mT5 checkpoints have an lm_head separate from the embeddings; loading must keep it."""
+    torch.manual_seed(0)
+    saved = MT5ForConditionalGeneration(MT5Config(vocab_size=16, d_model=8, d_ff=16, d_kv=4, num_layers=1,
+                                                  num_heads=2, tie_word_embeddings=False))
+    assert not torch.equal(saved.lm_head.weight, saved.shared.weight)
+    saved.save_pretrained(tmp_path)
+    loaded = build_mt5(pretrained=str(tmp_path))
+    torch.testing.assert_close(loaded.lm_head.weight, saved.lm_head.weight, rtol=0, atol=0)
+    assert loaded.lm_head.weight.data_ptr() != loaded.shared.weight.data_ptr()

@@ -1,0 +1,258 @@
+"""Poincaré-ball maps and distances, curvature −c (c > 0), points with ‖x‖ < 1/√c.
+
+Every public function computes in float32 (float64 when any input is float64), with autocast
+switched off, and returns that dtype: bf16 cannot hold the 1 − c‖x‖² gaps these formulas
+divide by (geoopt and hypll return inf/NaN in bf16, see docs/research/geometry.md §1).
+
+`c` is a positive tensor (or Python float) broadcastable against `x[..., :1]`, e.g. a 0-d
+tensor or a (B, 1) column. Nothing here branches on tensor values, so every function traces
+under `torch.compile(fullgraph=True)` without host syncs.
+
+Two identities carry the accuracy (derivations in the research note §3):
+  (−x) ⊕ y = ((1 − c‖x‖²) d − c‖d‖² x) / ((1 − c‖x‖²)(1 − c‖y‖²) + c‖d‖²),   d = y − x
+  d(x, y) = (2/√c) asinh(√δ),   δ = c‖d‖² / ((1 − c‖x‖²)(1 − c‖y‖²))
+Both use the difference d directly, so near-duplicate points do not cancel, and asinh has no
+artanh(→1) blow-up for far pairs.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable, TypeVar
+
+import torch
+from torch import Tensor
+
+BALL_EPS = 4e-3  # project() keeps ‖x‖ ≤ (1 − BALL_EPS)/√c: float32-representable (geoopt's float32 value)
+CLIP_EPS = 1e-5  # ε_clip of the tangent clipping, supplement F.2
+
+F = TypeVar("F", bound=Callable[..., Tensor])
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (the dtype all geometry runs in)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def full_precision(fn: F) -> F:
+    """Run `fn` with autocast off and every floating tensor argument (and `c`) in float32/64.
+
+    A Python-number `c` becomes a tensor of the compute dtype; integer and bool tensors (masks)
+    pass through untouched.
+    """
+    names = list(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = dict(zip(names, args), **kwargs)
+        tensors = [v for v in bound.values() if isinstance(v, Tensor) and v.is_floating_point()]
+        if not tensors:
+            raise TypeError(f"geometry.{fn.__name__}: expected at least one floating-point tensor")
+        dtype, device = compute_dtype(*tensors), tensors[0].device
+        if "c" in bound and not isinstance(bound["c"], Tensor):
+            bound["c"] = torch.as_tensor(bound["c"], dtype=dtype, device=device)
+        cast = {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in bound.items()}
+        with torch.autocast(device_type=device.type, enabled=False):
+            return fn(**cast)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe elementary pieces (no NaN values or gradients at 0, no division by zero)
+# ----------------------------------------------------------------------------------------------
+
+def _gap_floor(t: Tensor) -> float:
+    # smallest positive 1 − u we allow: float eps is the first gap below 1 the dtype can hold
+    return torch.finfo(t.dtype).eps
+
+
+def _safe_sqrt(t: Tensor) -> Tensor:
+    """sqrt with value 0 and gradient 0 at t ≤ 0 (the subgradient of ‖·‖ at the origin)."""
+    pos = t > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, t, torch.ones_like(t))), torch.zeros_like(t))
+
+
+def _ratio_at_zero_one(f: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
+    """f(u)/u with its limit 1 at u = 0 (for tanh, atanh, asinh), gradient-safe at 0."""
+    nz = u > 0
+    u_safe = torch.where(nz, u, torch.ones_like(u))
+    return torch.where(nz, f(u_safe) / u_safe, torch.ones_like(u))
+
+
+def _sqnorm(x: Tensor) -> Tensor:
+    return (x * x).sum(-1, keepdim=True)  # (..., 1)
+
+
+def _gap(x2: Tensor, c: Tensor) -> Tensor:
+    """1 − c‖x‖², floored so points on or past the boundary (e.g. bf16-rounded) stay finite."""
+    return (1 - c * x2).clamp_min(_gap_floor(x2))
+
+
+def _tanhc(u: Tensor) -> Tensor:
+    return _ratio_at_zero_one(torch.tanh, u)
+
+
+def _artanhc(u: Tensor) -> Tensor:
+    return _ratio_at_zero_one(torch.atanh, u.clamp_max(1 - _gap_floor(u)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Un-wrapped kernels: inputs already in the compute dtype; used by every public function below
+# ----------------------------------------------------------------------------------------------
+
+def _project(x: Tensor, c: Tensor) -> Tensor:
+    max_norm = (1 - BALL_EPS) / c.sqrt()
+    norm = _safe_sqrt(_sqnorm(x))
+    return x * (max_norm / norm.clamp_min(torch.finfo(x.dtype).tiny)).clamp_max(1.0)
+
+
+def _expmap0(v: Tensor, c: Tensor) -> Tensor:
+    sqrt_c = c.sqrt()
+    return _project(v * _tanhc(sqrt_c * _safe_sqrt(_sqnorm(v))), c)
+
+
+def _logmap0(x: Tensor, c: Tensor) -> Tensor:
+    sqrt_c = c.sqrt()
+    return x * _artanhc(sqrt_c * _safe_sqrt(_sqnorm(x)))
+
+
+def _mobius_sub(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """(−x) ⊕ y in the cancellation-free form of the module docstring."""
+    d = y - x
+    gx, gy, cd2 = _gap(_sqnorm(x), c), _gap(_sqnorm(y), c), c * _sqnorm(d)
+    return (gx * d - cd2 * x) / (gx * gy + cd2)
+
+
+def _delta(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """δ = c‖x − y‖² / ((1 − c‖x‖²)(1 − c‖y‖²)), (..., 1)."""
+    return c * _sqnorm(y - x) / (_gap(_sqnorm(x), c) * _gap(_sqnorm(y), c))
+
+
+def _dist_from_delta(delta: Tensor, c: Tensor) -> Tensor:
+    return 2 / c.sqrt() * torch.asinh(_safe_sqrt(delta))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------
+
+@full_precision
+def project(x: Tensor, c: Tensor) -> Tensor:
+    """Pull points back inside the ball: ‖x‖ ≤ (1 − 4e-3)/√c."""
+    return _project(x, c)
+
+
+@full_precision
+def clip_tangent(v: Tensor, c: Tensor, eps: float = CLIP_EPS) -> Tensor:
+    """Supplement F.2 tangent clipping v / max(1, √c‖v‖ + ε_clip), applied before expmap0."""
+    scale = (c.sqrt() * _safe_sqrt(_sqnorm(v)) + eps).clamp_min(1.0)
+    return v / scale
+
+
+@full_precision
+def expmap0(v: Tensor, c: Tensor) -> Tensor:
+    """exp_0(v) = tanh(√c‖v‖) v / (√c‖v‖), projected inside the ball."""
+    return _expmap0(v, c)
+
+
+@full_precision
+def logmap0(x: Tensor, c: Tensor) -> Tensor:
+    """log_0(x) = artanh(√c‖x‖) x / (√c‖x‖)."""
+    return _logmap0(x, c)
+
+
+@full_precision
+def mobius_add(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """Möbius addition x ⊕ y (broadcasting), projected inside the ball."""
+    return _project(_mobius_sub(-x, y, c), c)
+
+
+@full_precision
+def expmap(x: Tensor, v: Tensor, c: Tensor) -> Tensor:
+    """exp_x(v) = x ⊕ exp_0(λ_x v / 2), λ_x = 2 / (1 − c‖x‖²)."""
+    half_lam = 1 / _gap(_sqnorm(x), c)
+    return _project(_mobius_sub(-x, _expmap0(half_lam * v, c), c), c)
+
+
+@full_precision
+def logmap(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """log_x(y) = (2/λ_x) log_0((−x) ⊕ y): the tangent vector at x pointing to y."""
+    return _gap(_sqnorm(x), c) * _logmap0(_mobius_sub(x, y, c), c)
+
+
+@full_precision
+def mobius_matvec(M: Tensor, x: Tensor, c: Tensor) -> Tensor:
+    """M ⊗ x = exp_0(M log_0(x)) for M of shape (D_out, D_in) and x (..., D_in)."""
+    if M.ndim != 2 or M.shape[-1] != x.shape[-1]:
+        raise ValueError(f"mobius_matvec: M must be (D_out, {x.shape[-1]}), got {tuple(M.shape)}")
+    return _expmap0(_logmap0(x, c) @ M.transpose(0, 1), c)
+
+
+@full_precision
+def mobius_affine(M: Tensor, x: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """(M ⊗ x) ⊕ b, the key transform of supplement C.2.2, without materialising the three
+    intermediate points: every norm the chain needs is a combination of ‖x‖², ‖Mx‖², ⟨Mx, b⟩
+    and ‖b‖², so the (..., D) work is one matmul, two reductions and one final axpy.
+    M (D_out, D_in), x (..., D_in), b (D_out,) a point → (..., D_out), projected."""
+    if M.ndim != 2 or M.shape[-1] != x.shape[-1] or b.shape != M.shape[:1]:
+        raise ValueError(f"mobius_affine: need M (D_out, {x.shape[-1]}) and b (D_out,), "
+                         f"got {tuple(M.shape)} and {tuple(b.shape)}")
+    sqrt_c = c.sqrt()
+    max_norm = (1 - BALL_EPS) / sqrt_c
+    tiny = torch.finfo(x.dtype).tiny
+    y = x @ M.transpose(0, 1)  # (..., D_out)
+    y2, yb, b2 = _sqnorm(y), (y @ b).unsqueeze(-1), (b * b).sum()
+    y_norm = _safe_sqrt(y2)
+    # M ⊗ x = s·y: log_0 factor artanhc(√c‖x‖), exp_0 factor tanhc(√c‖m‖), then projection
+    log_factor = _artanhc(sqrt_c * _safe_sqrt(_sqnorm(x)))  # (..., 1)
+    s = log_factor * _tanhc(sqrt_c * log_factor * y_norm)
+    s = s * (max_norm / (s * y_norm).clamp_min(tiny)).clamp_max(1.0)  # (..., 1)
+    p2, pb = s * s * y2, s * yb
+    # p ⊕ b = (α p + β b) / den, Möbius addition with p = s·y
+    den = (1 + 2 * c * pb + c * c * p2 * b2).clamp_min(tiny)
+    alpha, beta = s * (1 + 2 * c * pb + c * b2) / den, _gap(p2, c) / den
+    r2 = (alpha * alpha * y2 + 2 * alpha * beta * yb + beta * beta * b2).clamp_min(0)
+    shrink = (max_norm / _safe_sqrt(r2).clamp_min(tiny)).clamp_max(1.0)
+    return (shrink * alpha) * y + (shrink * beta) * b
+
+
+@full_precision
+def dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """Geodesic distance (2/√c) asinh(√δ), broadcasting over leading dims: (...,)."""
+    return _dist_from_delta(_delta(x, y, c), c).squeeze(-1)
+
+
+@full_precision
+def dist0(x: Tensor, c: Tensor) -> Tensor:
+    """Distance to the origin (2/√c) artanh(√c‖x‖), (...,)."""
+    u = (c.sqrt() * _safe_sqrt(_sqnorm(x))).clamp_max(1 - _gap_floor(x))
+    return (2 / c.sqrt() * torch.atanh(u)).squeeze(-1)
+
+
+@full_precision
+def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1) -> Tensor:
+    """All-pairs distances (..., N, D) × (..., M, D) → (..., N, M) without an N×M×D tensor.
+
+    ‖x_i − y_j‖² comes from the Gram identity ‖x‖² + ‖y‖² − 2⟨x, y⟩, which cancels
+    catastrophically for near-duplicate pairs (research note §3: up to 41% relative error).
+    So for each row the `refine` nearest columns are recomputed from direct differences
+    (a fixed-size gather: no data-dependent shapes). `c` must broadcast against (..., 1, 1).
+    """
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"pairwise_dist: feature dims differ, x {tuple(x.shape)} vs y {tuple(y.shape)}")
+    x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)  # (..., N, 1), (..., 1, M)
+    d2 = (x2 + y2 - 2 * x @ y.transpose(-1, -2)).clamp_min(0)  # (..., N, M)
+    delta = c * d2 / (_gap(x2, c) * _gap(y2, c))
+    k = min(refine, y.shape[-2])
+    if k > 0:
+        idx = delta.detach().topk(k, dim=-1, largest=False).indices  # (..., N, k)
+        batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+        n, m, dim = x.shape[-2], y.shape[-2], y.shape[-1]
+        flat_y = y.expand(*batch, m, dim).reshape(-1, m, dim)  # (B', M, D)
+        offset = torch.arange(flat_y.shape[0], device=y.device).view(-1, 1, 1) * m
+        # index rows of a flat (B'·M, D) table: its backward is an index_add, never N×M×D
+        near = flat_y.reshape(-1, dim)[idx.reshape(-1, n, k) + offset].reshape(*batch, n, k, dim)
+        exact = _delta(x.unsqueeze(-2), near, c.unsqueeze(-1)).squeeze(-1)  # (..., N, k)
+        delta = delta.scatter(-1, idx, exact)
+    return _dist_from_delta(delta, c)

@@ -1,0 +1,140 @@
+"""Gyro-midpoint and Fréchet mean: references, defining properties, gradients, batching."""
+from __future__ import annotations
+
+import geoopt
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geometry import (clip_tangent, dist, dist0, expmap0, frechet_mean, frechet_weights, mobius_add,
+                      weighted_midpoint, weighted_midpoints)
+
+from . import reference as ref
+
+
+def _parts(c: float, batch: int = 16, parts: int = 4, dim: int = 32, seed: int = 0, scale: float = 1.0):
+    """Points as HyperbolicProjection makes them: F.2-clipped tangents mapped by expmap0."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(batch, parts, dim, generator=g) * scale / dim ** 0.5 / c ** 0.5
+    return expmap0(clip_tangent(v, c), c)
+
+
+def _riemannian_grad_norm(mu: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c: float) -> torch.Tensor:
+    """‖grad_R F(μ)‖ = ‖∇F‖/λ_μ of F = Σ w d²(μ, x_i), evaluated in float64."""
+    mu = mu.double().detach().requires_grad_()
+    ref.frechet_variance(mu, x.double(), w.double(), c).sum().backward()
+    return mu.grad.norm(dim=-1) / ref.lam(mu.detach(), c).squeeze(-1)
+
+
+@pytest.mark.parametrize("c", [0.05, 1.5, 10.0])
+def test_frechet_mean_zeroes_variance_gradient_in_float32(c):
+    x = _parts(c, scale=1.0)
+    w = torch.softmax(torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), -1)
+    mu = frechet_mean(x, w, c, dim=1)
+    assert mu.dtype == torch.float32 and mu.shape == (16, 32)
+    # ‖grad F‖ is 2·Σ w d(μ, x_i) ~ 1/√c at the start; float32 leaves it at rounding level
+    assert (_riemannian_grad_norm(mu, x, w, c) * c ** 0.5).max() < 1e-5
+    start = weighted_midpoint(x, w, c, dim=1)  # the gyro-midpoint is *not* the Fréchet mean
+    assert (_riemannian_grad_norm(start, x, w, c) * c ** 0.5).max() > 1e-3
+
+
+def test_frechet_mean_matches_karcher_flow_reference():
+    c = 1.5
+    x = _parts(c, batch=4, scale=0.8).double()
+    w = torch.rand(4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    truth = ref.karcher_mean(x, w, c)
+    ours = frechet_mean(x.float(), w.float(), c, dim=1).double()
+    assert dist(ours, truth, c).max() < 1e-5
+
+
+def test_one_hot_weights_give_the_point_and_two_points_the_geodesic_midpoint():
+    c = 1.5
+    x = _parts(c, batch=8, parts=4, scale=1.0)
+    w = torch.zeros(8, 4)
+    w[:, 2] = 1
+    torch.testing.assert_close(frechet_mean(x, w, c, dim=1), x[:, 2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(weighted_midpoint(x, w, c, dim=1), x[:, 2], atol=1e-5, rtol=0)
+    a, b = x[:, 0], x[:, 1]
+    mu = frechet_mean(torch.stack([a, b], 1), torch.ones(8, 2), c, dim=1)
+    half = dist(a, b, c) / 2
+    torch.testing.assert_close(dist(mu, a, c), half, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(dist(mu, b, c), half, atol=2e-5, rtol=1e-5)
+
+
+def test_gradcheck_through_the_unrolled_mean():
+    c = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    x = _parts(0.8, batch=2, parts=3, dim=4, scale=1.0).double().requires_grad_()
+    w = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).add(0.1).requires_grad_()
+    # enough steps that the unrolled derivative equals the implicit (converged) one
+    assert torch.autograd.gradcheck(lambda x, w, c: frechet_mean(x, w, c, dim=1, iters=40), (x, w, c))
+    assert torch.autograd.gradcheck(lambda x, w, c: weighted_midpoint(x, w, c, dim=1), (x, w, c))
+
+
+def test_float32_gradients_agree_with_float64():
+    c = 1.5
+    x = _parts(c, batch=4, scale=1.0)
+    w = torch.softmax(torch.randn(4, 4, generator=torch.Generator().manual_seed(4)), -1)
+    probe = torch.randn(4, 32, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        xx = x.detach().to(dtype).clone().requires_grad_()
+        (frechet_mean(xx, w.to(dtype), c, dim=1) * probe.to(dtype)).sum().backward()
+        grads.append(xx.grad.double())
+    torch.testing.assert_close(grads[0], grads[1], atol=2e-4, rtol=1e-3)
+
+
+def test_batching_and_dim():
+    c = 1.0
+    x = _parts(c, batch=6, parts=4, dim=8)
+    w = torch.rand(6, 4, generator=torch.Generator().manual_seed(6))
+    by_batch = torch.stack([frechet_mean(x[i], w[i], c, dim=0) for i in range(6)])
+    torch.testing.assert_close(frechet_mean(x, w, c, dim=1), by_batch, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(frechet_mean(x.transpose(0, 1), w.T, c, dim=0), by_batch, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(frechet_mean(x, w, c, dim=-2), by_batch, atol=1e-6, rtol=1e-5)
+    uniform = frechet_mean(x, torch.ones(4), c, dim=1)  # weights broadcast
+    torch.testing.assert_close(uniform, frechet_mean(x, torch.full((6, 4), 0.25), c, dim=1))
+    with pytest.raises(ValueError, match="frechet_mean: dim=2"):
+        frechet_mean(x, w, c, dim=2)
+    with pytest.raises(ValueError, match="weighted_midpoint: dim=-1"):
+        weighted_midpoint(x, w, c, dim=-1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(c=st.sampled_from([0.05, 0.5, 1.5, 10.0]), seed=st.integers(0, 10_000),
+       scale=st.sampled_from([1e-6, 0.3, 1.0]), shift=st.sampled_from([0.0, 0.5, 0.9]))
+def test_mean_is_equivariant_under_isometries_and_weight_scale(c, seed, scale, shift):
+    x = _parts(c, batch=2, parts=4, dim=6, seed=seed, scale=scale)
+    w = torch.rand(2, 4, generator=torch.Generator().manual_seed(seed)) + 0.05
+    mu = frechet_mean(x, w, c, dim=1)
+    assert torch.isfinite(mu).all()
+    torch.testing.assert_close(frechet_mean(x, 7 * w, c, dim=1), mu, atol=1e-6, rtol=1e-5)
+    # left gyro-translation a ⊕ · is an isometry, so it commutes with the Fréchet mean
+    a = torch.zeros(6)
+    a[0] = shift / c ** 0.5
+    moved = frechet_mean(mobius_add(a, x, c), w, c, dim=1)
+    assert (dist(moved, mobius_add(a, mu, c), c) * c ** 0.5).max() < 1e-4
+
+
+def test_midpoints_match_geoopt_and_the_matmul_form():
+    c = 1.5
+    x = _parts(c, batch=3, parts=5, dim=8).double()
+    w = torch.rand(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    ball = geoopt.PoincareBall(c=c)
+    torch.testing.assert_close(weighted_midpoint(x, w, c, dim=1), ball.weighted_midpoint(x, w, reducedim=[1]))
+    # P weightings of the same L points: (B, P, L) × (B, L, D)
+    weights = torch.rand(3, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    loop = torch.stack([weighted_midpoint(x, weights[:, p], c, dim=1) for p in range(2)], 1)
+    torch.testing.assert_close(weighted_midpoints(weights, x, c), loop)
+    zero = weighted_midpoints(torch.zeros(3, 2, 5, dtype=torch.float64), x, c)
+    assert (zero == 0).all()  # no weight at all: the origin, not NaN
+
+
+def test_frechet_weights_are_eq4_softmax():
+    c = 1.5
+    x = _parts(c, batch=3, parts=4, dim=8)
+    w = frechet_weights(x, c, dim=1, temperature=0.5)
+    torch.testing.assert_close(w, torch.softmax(dist0(x, c) / 0.5, dim=1))
+    torch.testing.assert_close(w.sum(1), torch.ones(3))
+    with pytest.raises(ValueError, match="temperature"):
+        frechet_weights(x, c, dim=1, temperature=0.0)

@@ -1,0 +1,213 @@
+"""geometry.poincare against float64 textbook formulas and geoopt, identities, edge cases."""
+from __future__ import annotations
+
+import geoopt
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geometry import (clip_tangent, dist, dist0, expmap, expmap0, logmap, logmap0, mobius_add, mobius_affine,
+                      mobius_matvec, pairwise_dist, project)
+from geometry.poincare import BALL_EPS
+
+from . import reference as ref
+
+CURVATURES = [0.05, 1.0, 1.5, 10.0]
+
+
+def _pair(c: float, n: int = 64, d: int = 16, max_radius: float = 0.99):
+    return ref.ball_points(n, d, c, max_radius, seed=1), ref.ball_points(n, d, c, max_radius, seed=2)
+
+
+@pytest.mark.parametrize("c", CURVATURES)
+def test_float32_matches_float64_textbook(c):
+    x, y = _pair(c)
+    x32, y32 = x.float(), y.float()
+    v = torch.randn(64, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) / c ** 0.5
+    M = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) / 4
+    cases = {
+        # outputs that are points are projected to ‖x‖ ≤ (1 − 4e-3)/√c: so is the truth
+        "mobius_add": (mobius_add(x32, y32, c), project(ref.mobius_add(x32.double(), y32.double(), c), c)),
+        "dist": (dist(x32, y32, c), ref.dist(x32.double(), y32.double(), c)),
+        "dist0": (dist0(x32, c), ref.dist(torch.zeros_like(x), x32.double(), c)),
+        "logmap0": (logmap0(x32, c), ref.logmap0(x32.double(), c)),
+        "expmap0": (expmap0(v.float() / 4, c), ref.expmap0(v.float().double() / 4, c)),
+        "logmap": (logmap(x32, y32, c), ref.logmap(x32.double(), y32.double(), c)),
+        "expmap": (expmap(x32, v.float() / 8, c), project(ref.expmap(x32.double(), v.float().double() / 8, c), c)),
+        "mobius_matvec": (mobius_matvec(M.float(), x32 / 2, c),
+                          ref.expmap0(ref.logmap0(x32.double() / 2, c) @ M.float().double().T, c)),
+    }
+    for name, (ours, truth) in cases.items():
+        assert ours.dtype == torch.float32, name
+        # radius ≤ 0.99/√c: errors are conditioning-limited, λ ≈ 50 amplifies float32 rounding
+        scale = truth.abs().max().clamp_min(1.0)
+        assert (ours.double() - truth).abs().max() <= 2e-4 * scale, name
+
+
+@pytest.mark.parametrize("c", [0.5, 1.5])
+def test_agrees_with_geoopt_float64(c):
+    ball = geoopt.PoincareBall(c=c)
+    x, y = _pair(c, max_radius=0.95)
+    M = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) / 8  # stays off the clamp
+    # geoopt clamps artanh's argument at 1 − 1e-7, which costs it ~1e-6 on far pairs even in
+    # float64 (our dist matches the textbook arcosh form to 1e-15, below)
+    tol = dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mobius_add(x, y, c), ball.mobius_add(x, y, project=False), **tol)
+    torch.testing.assert_close(dist(x, y, c), ball.dist(x, y), **tol)
+    torch.testing.assert_close(logmap(x, y, c), ball.logmap(x, y), **tol)
+    torch.testing.assert_close(logmap0(x, c), ball.logmap0(x), **tol)
+    torch.testing.assert_close(expmap(x, y / 3, c), ball.expmap(x, y / 3, project=False), **tol)
+    torch.testing.assert_close(mobius_matvec(M, x, c), ball.mobius_matvec(M, x, project=False), **tol)
+    torch.testing.assert_close(pairwise_dist(x, y, c), ball.dist(x[:, None], y[None]), **tol)
+    torch.testing.assert_close(pairwise_dist(x, y, c), ref.dist(x[:, None], y[None], c), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [0.05, 1.5, 10.0])
+def test_mobius_affine_is_matvec_then_add(c):
+    x = ref.ball_points(40, 16, c, 0.99, seed=3).view(5, 8, 16)
+    x[0, 0] = 0  # the origin maps to b
+    M = torch.randn(12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    b = ref.ball_points(1, 12, c, 0.9, seed=5)[0]
+    truth = mobius_add(mobius_matvec(M, x, c), b, c)
+    torch.testing.assert_close(mobius_affine(M, x, b, c), truth, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(mobius_affine(M.float(), x.float(), b.float(), c).double(), truth, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mobius_affine(torch.zeros(12, 16), x.float(), b.float(), c), b.float().expand(5, 8, 12))
+    with pytest.raises(ValueError, match="mobius_affine"):
+        mobius_affine(M, x, b[:3], c)
+
+
+def test_small_arguments_are_accurate_where_geoopt_is_not():
+    # geoopt's log(1+x) − log(1−x) artanh loses everything below ~1e-7 (research note §1)
+    c = 1.0
+    x = torch.tensor([[1e-8, 0.0, 0.0]])
+    assert dist0(x, c).item() == pytest.approx(2e-8, rel=1e-6)
+    assert logmap0(x, c)[0, 0].item() == pytest.approx(1e-8, rel=1e-6)
+    y = torch.tensor([[0.3, 0.2, 0.1]])
+    z = y + torch.tensor([[1e-6, 0.0, 0.0]])
+    truth = ref.dist(y.double(), z.double(), c).item()
+    assert dist(y, z, c).item() == pytest.approx(truth, rel=1e-3)
+
+
+def test_pairwise_matches_broadcast_and_keeps_near_duplicates_accurate():
+    c = 1.5
+    x = ref.ball_points(256, 64, c, 0.99, seed=7).float()
+    y = (x + 2e-3 / c ** 0.5 * torch.randn(256, 64, generator=torch.Generator().manual_seed(8)) / 8)
+    y = project(y, c)[torch.randperm(256, generator=torch.Generator().manual_seed(9))]
+    truth = ref.dist(x.double()[:, None], y.double()[None], c)  # (N, M)
+    ours = pairwise_dist(x, y, c)
+    assert ours.shape == (256, 256)
+    assert (ours.double() - truth).abs().max() < 1e-4  # far pairs: absolute
+    near = truth < 0.05
+    assert near.sum() >= 256  # every row has its near-duplicate
+    assert ((ours.double() - truth).abs()[near] / truth[near]).max() < 1e-3
+    # without refinement the Gram identity cancels (this is what refine fixes)
+    raw = pairwise_dist(x, y, c, refine=0)
+    assert ((raw.double() - truth).abs()[near] / truth[near]).max() > 1e-2
+
+
+def test_pairwise_batched_and_curvature_broadcast():
+    c = torch.tensor([[[0.5]], [[2.0]]])  # (2, 1, 1): one curvature per batch element
+    x = ref.ball_points(10, 8, 2.0, 0.9, seed=1).view(2, 5, 8)
+    y = ref.ball_points(8, 8, 2.0, 0.9, seed=2).view(2, 4, 8)
+    expected = dist(x[:, :, None], y[:, None], c.unsqueeze(-1))
+    torch.testing.assert_close(pairwise_dist(x, y, c), expected)
+
+
+CURV = st.sampled_from([0.05, 0.3, 1.0, 1.5, 4.0, 10.0])
+RADII = st.sampled_from([0.0, 1e-6, 0.3, 0.9, 0.996])
+
+
+def _point(seed: int, radius: float, c: float, d: int = 6) -> torch.Tensor:
+    u = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return (u / u.norm() * radius / c ** 0.5).float()
+
+
+@settings(max_examples=30, deadline=None)
+@given(c=CURV, seed=st.integers(0, 10_000), rx=RADII, ry=RADII, rz=RADII)
+def test_identities(c, seed, rx, ry, rz):
+    x, y, z = _point(seed, rx, c), _point(seed + 1, ry, c), _point(seed + 2, rz, c)
+    tol = dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mobius_add(x, torch.zeros_like(x), c), x, **tol)
+    torch.testing.assert_close(mobius_add(-x, x, c), torch.zeros_like(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dist(x, y, c), dist(y, x, c), **tol)
+    if c ** 0.5 * dist(x, y, c) < 5.5:  # else (−x) ⊕ y lies past the projection radius, 2 artanh(0.996) = 6.2
+        torch.testing.assert_close(dist(x, y, c), dist0(mobius_add(-x, y, c), c), atol=2e-3, rtol=2e-4)
+        torch.testing.assert_close(expmap(x, logmap(x, y, c), c), y, atol=1e-3 / c ** 0.5, rtol=0)
+    assert dist(x, z, c) <= dist(x, y, c) + dist(y, z, c) + 1e-3
+    v = _point(seed + 3, 3.0 * rx, c)  # tangent vectors up to √c‖v‖ = 3 (tanh(3) < 1 − 4e-3)
+    torch.testing.assert_close(logmap0(expmap0(v, c), c), v, atol=2e-4, rtol=1e-3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=CURV, seed=st.integers(0, 10_000), r=st.sampled_from([0.0, 1e-8, 0.5, 0.999, 1.0]))
+def test_values_and_gradients_finite_at_origin_boundary_and_coincidence(c, seed, r):
+    x = _point(seed, r, c).requires_grad_()
+    y = x.detach().clone().requires_grad_()  # coincident pair
+    ct = torch.tensor(c, requires_grad=True)
+    M = torch.eye(6)
+    outs = [dist(x, y, ct), dist0(x, ct), logmap0(x, ct), expmap0(x, ct), mobius_add(x, y, ct), logmap(x, y, ct),
+            expmap(x, y, ct), mobius_matvec(M, x, ct), project(x, ct), pairwise_dist(x[None], y[None], ct),
+            mobius_affine(M, x, y.detach() / 2, ct)]
+    total = sum(o.sum() for o in outs)
+    total.backward()
+    for t in (total, x.grad, y.grad, ct.grad):
+        assert torch.isfinite(t).all()
+    assert dist(x, y, ct).item() == 0.0
+
+
+def test_project_and_clip():
+    c = 2.0
+    x = torch.randn(100, 8) * 10
+    assert (project(x, c).norm(dim=-1) <= (1 - BALL_EPS) / c ** 0.5 * (1 + 1e-6)).all()
+    inside = torch.randn(5, 8) * 0.01
+    torch.testing.assert_close(project(inside, c), inside)
+    v = torch.randn(100, 8) * 5
+    clipped = clip_tangent(v, c)
+    assert (c ** 0.5 * clipped.norm(dim=-1) <= 1.0).all()  # F.2: √c‖v‖ ≤ 1 after clipping
+    small = torch.randn(5, 8) * 0.01
+    torch.testing.assert_close(clip_tangent(small, c), small)
+
+
+def test_gradcheck_float64():
+    c = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    x = (ref.ball_points(3, 4, 1.3, 0.8, seed=1)).requires_grad_()
+    y = (ref.ball_points(3, 4, 1.3, 0.8, seed=2)).requires_grad_()
+    M = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    for fn, args in [(dist, (x, y, c)), (dist0, (x, c)), (mobius_add, (x, y, c)), (logmap, (x, y, c)),
+                     (expmap, (x, y, c)), (logmap0, (x, c)), (expmap0, (y, c)), (mobius_matvec, (M, x, c)),
+                     (pairwise_dist, (x, y, c)), (mobius_affine, (M, x, ref.ball_points(1, 5, 1.3, 0.5, seed=3)[0].requires_grad_(), c))]:
+        assert torch.autograd.gradcheck(fn, args), fn.__name__
+
+
+def test_gradient_at_origin_is_identity():
+    # geoopt's logmap0 gradient at 0 is 0 (research note); the true Jacobian is the identity
+    x = torch.zeros(4, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(lambda t: logmap0(t, 1.5), x)
+    torch.testing.assert_close(jac, torch.eye(4))
+    jac = torch.autograd.functional.jacobian(lambda t: expmap0(t, 1.5), x)
+    torch.testing.assert_close(jac, torch.eye(4))
+
+
+def test_precision_contract_under_bf16_autocast():
+    c = torch.tensor(1.5)
+    x = (torch.randn(16, 8) * 3).bfloat16().requires_grad_()
+    y = (torch.randn(16, 8) * 3).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        px, py = expmap0(x, c), expmap0(y, c)
+        # bf16 rounding can put points on the unit sphere: results must stay finite
+        on_sphere = (px / px.norm(dim=-1, keepdim=True)).bfloat16() / c.sqrt()
+        outs = [dist(px, py, c), pairwise_dist(px, py, c), logmap0(px, c), mobius_add(px, py, c),
+                dist0(on_sphere, c), logmap(on_sphere, py, c)]
+    for o in outs:
+        assert o.dtype == torch.float32 and torch.isfinite(o).all()
+    sum(o.sum() for o in outs).backward()
+    assert torch.isfinite(x.grad.float()).all() and torch.isfinite(y.grad.float()).all()
+    assert dist(x.double(), y.double(), 1.5).dtype == torch.float64
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="mobius_matvec"):
+        mobius_matvec(torch.eye(3), torch.zeros(4), 1.0)
+    with pytest.raises(ValueError, match="pairwise_dist"):
+        pairwise_dist(torch.zeros(2, 3), torch.zeros(2, 4), 1.0)

@@ -1,0 +1,64 @@
+"""Every experiment YAML parses (litgpt's config-hub test), and the paper configs build."""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_modules.cli import SignLabCLI
+from tests.conftest import REPO
+
+EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
+PAPER_GEOSIGN = [p for p in EXPERIMENTS if p.parent.name != "demo" and p.stem in ("geosign_token", "geosign_pooled", "unisign_pose")]
+# google/mt5-base's architecture (config.json on the hub), used with random weights.
+MT5_BASE = dict(vocab_size=250112, d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12,
+                num_heads=12, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(REPO / "experiments"))
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name != "strategies"], ids=_id)
+def test_config_parses(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        SignLabCLI(args=["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    resolved = yaml.safe_load(out.getvalue())
+    assert resolved["model"]["class_path"].startswith("lightning_modules.")
+    assert resolved["checkpoint"]["save_last"] is True
+    assert resolved["trainer"]["default_root_dir"].startswith("runs/")
+    assert "${" not in out.getvalue()  # every interpolation resolved
+
+
+def test_demo_geosign_configs_differ_only_in_the_hyperbolic_branch():
+    configs = {name: yaml.safe_load((REPO / "experiments/demo" / f"{name}.yaml").read_text())
+               for name in ("geosign_token", "geosign_pooled", "unisign_pose")}
+    for name, cfg in configs.items():
+        assert cfg["model"]["init_args"].pop("hyperbolic") == {"geosign_token": "token", "geosign_pooled": "pooled",
+                                                              "unisign_pose": None}[name]
+        cfg["trainer"].pop("default_root_dir"), cfg["trainer"]["logger"]["init_args"].pop("name")
+    assert configs["geosign_token"] == configs["geosign_pooled"] == configs["unisign_pose"]
+
+
+@pytest.mark.parametrize("path", PAPER_GEOSIGN, ids=_id)
+def test_paper_geosign_config_builds(path):
+    """The paper model, built on the meta device (no memory) from an mT5-base config."""
+    from lightning_modules.geosign import GeoSignTranslator
+
+    args = yaml.safe_load(path.read_text())["model"]["init_args"]
+    assert args["mt5_pretrained"] == "pretrained/mt5-base"
+    args.update(mt5_pretrained=None, mt5_config=MT5_BASE, tokenizer="synthsign-zh")
+    with torch.device("meta"):
+        model = GeoSignTranslator(**args)
+    assert model.lm.d_model == 768
+    hyp = sum(p.numel() for p in model.hyperbolic_parameters())
+    assert (hyp == 0) == (args["hyperbolic"] is None)
