@@ -39,11 +39,15 @@ class HyperbolicProjection(nn.Module):
     Hyperbolic-branch parameters: `log_scale` (and the shared curvature). `proj` is Euclidean.
     """
 
-    def __init__(self, dim_in: int, dim_out: int, curvature: Curvature) -> None:
+    def __init__(self, dim_in: int, dim_out: int, curvature: Curvature, init_scale: float = 1.0) -> None:
         super().__init__()
+        if init_scale <= 0:
+            raise ValueError(f"HyperbolicProjection: init_scale must be positive, got {init_scale}")
         self.curvature = curvature
         self.proj = nn.Linear(dim_in, dim_out)
-        self.log_scale = nn.Parameter(torch.tensor(0.0))  # log s_p, Eq. 2; 0 → s = 1 (listing 4)
+        # log s_p, Eq. 2. Listing 4 starts at s = 1, where wide features usually exceed the F.2 clip
+        # radius 1/√c, so every point starts on the same sphere; MERU starts at s = dim**-0.5.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.proj.in_features:

@@ -29,7 +29,8 @@ from .metrics import translation_scores
 from .optim import JointOptimizer, warmup_cosine
 from .stgcn import PoseEncoder
 
-LANGUAGE_CODES = {"Chinese": "zh", "German": "de", "English": "en"}
+# ISO 639-1 code of the target text -> the language named in mT5's prompt
+PROMPT_LANGUAGES = {"zh": "Chinese", "de": "German", "en": "English"}
 
 
 class GeoSignTranslator(LightningModule):
@@ -38,14 +39,16 @@ class GeoSignTranslator(LightningModule):
     Args:
         tokenizer: tokenizer spec for `datamodules.tokenization.load_tokenizer` (a local mT5
             directory, a tokenizer.json, or "synthsign-zh"/"synthsign-de").
-        language: the prompt's language ("Chinese" for CSL-Daily, "German" for PHOENIX-2014T); it
-            also picks the BLEU protocol (character-level for Chinese).
+        language: ISO code of the target text ("zh" for CSL-Daily, "de" for PHOENIX-2014T), the same
+            value as the DataModule's; it names the prompt's language and picks the BLEU protocol
+            (character-level for Chinese).
         mt5_pretrained: local directory (or cached hub id) of mT5 weights; or
         mt5_config: an `MT5Config` dict for random weights (demos, tests).
         encoder: `PoseEncoder` keyword arguments (the output width is mT5's d_model).
         hyperbolic: "token", "pooled" or None (the Uni-Sign pose baseline).
         hyp_dim, init_c, learn_c, alpha_init, hyp_label_smoothing, frechet_temperature,
-            frechet_iters, gather_negatives: the hyperbolic branch (see `HyperbolicBranch`).
+            frechet_iters, hyp_init_scale, gather_negatives: the hyperbolic branch (see
+            `HyperbolicBranch`).
         lr, betas, eps, weight_decay, warmup_epochs, min_lr: AdamW on Euclidean parameters with
             linear warm-up then cosine to `min_lr` (Table 3).
         hyp_lr: Riemannian Adam on hyperbolic-branch parameters (constant).
@@ -56,7 +59,7 @@ class GeoSignTranslator(LightningModule):
 
     def __init__(self,
                  tokenizer: str = "synthsign-zh",
-                 language: str = "Chinese",
+                 language: str = "zh",
                  mt5_pretrained: str | None = None,
                  mt5_config: dict | None = None,
                  encoder: dict | None = None,
@@ -69,6 +72,7 @@ class GeoSignTranslator(LightningModule):
                  hyp_label_smoothing: float = 0.2,  # label_smoothing_hyp, Table 3
                  frechet_temperature: float = 1.0,  # λ_w, Eq. 4
                  frechet_iters: int | None = None,
+                 hyp_init_scale: float = 1.0,  # tangent scale s at initialisation, listing 4
                  gather_negatives: bool = False,
                  lr: float = 3e-5,  # AdamW lr, Table 3
                  betas: tuple[float, float] = (0.9, 0.999),  # opt-betas, Table 3
@@ -86,17 +90,17 @@ class GeoSignTranslator(LightningModule):
         self.save_hyperparameters()
         if (mt5_pretrained is None) == (mt5_config is None):
             raise ValueError("give exactly one of mt5_pretrained (local weights) or mt5_config (random weights)")
-        if language not in LANGUAGE_CODES:
-            raise ValueError(f"language must be one of {sorted(LANGUAGE_CODES)}, got {language!r}")
+        if language not in PROMPT_LANGUAGES:
+            raise ValueError(f"language must be one of {sorted(PROMPT_LANGUAGES)}, got {language!r}")
         self.tokenizer = load_tokenizer(tokenizer)
-        self.lm = SignLanguageModel(self.tokenizer, language, pretrained=mt5_pretrained, config=mt5_config,
+        self.lm = SignLanguageModel(self.tokenizer, PROMPT_LANGUAGES[language], pretrained=mt5_pretrained, config=mt5_config,
                                     label_smoothing=label_smoothing)
         self.encoder = PoseEncoder(out_dim=self.lm.d_model, **(encoder or {}))
         part_dim = (encoder or {}).get("hidden", (64, 64, 128, 256))[-1]
         self.hyperbolic = None if hyperbolic is None else HyperbolicBranch(
             hyperbolic, part_dim=part_dim, text_dim=self.lm.d_model, hyp_dim=hyp_dim, init_c=init_c,
             learn_c=learn_c, label_smoothing=hyp_label_smoothing, frechet_temperature=frechet_temperature,
-            frechet_iters=frechet_iters, gather_negatives=gather_negatives)
+            frechet_iters=frechet_iters, init_scale=hyp_init_scale, gather_negatives=gather_negatives)
         self.blend = None if hyperbolic is None else LossBlend(alpha_init)
         self._outputs: dict[int, list[dict]] = {}
         self._disk_points: list[Tensor] = []
@@ -129,6 +133,11 @@ class GeoSignTranslator(LightningModule):
                       prog_bar=False)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=embeds.shape[0])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        skipped = getattr(self.trainer.datamodule, "num_skipped", None)
+        if skipped is not None:  # samples dropped by on_bad_sample: skip, summed over ranks
+            self.log("data/skipped", float(skipped), reduce_fx="sum", sync_dist=True)
 
     # ------------------------------------------------------------------------------- inference
 
@@ -166,7 +175,7 @@ class GeoSignTranslator(LightningModule):
 
     def _score(self, outputs: list[dict]) -> dict[str, float]:
         return translation_scores([o["hyp"] for o in outputs], [o["ref"] for o in outputs],
-                                  LANGUAGE_CODES[self.hparams.language])
+                                  self.hparams.language)
 
     def on_validation_epoch_end(self) -> None:
         outputs = self._gathered(0)

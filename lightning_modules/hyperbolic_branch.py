@@ -40,6 +40,7 @@ class HyperbolicBranch(nn.Module):
         label_smoothing: of the contrastive InfoNCE (label_smoothing_hyp = 0.2, Table 3).
         frechet_temperature: λ_w of the part weights, Eq. 4 (1.0 in the paper).
         frechet_iters: fixed iteration count of the Fréchet mean (pooled mode).
+        init_scale: initial tangent scale s of every projection (listing 4: 1.0).
         gather_negatives: contrast against the targets of every DDP rank.
     """
 
@@ -50,6 +51,7 @@ class HyperbolicBranch(nn.Module):
                  label_smoothing: float = 0.2,  # label_smoothing_hyp, Table 3
                  frechet_temperature: float = 1.0,  # λ_w, Eq. 4
                  frechet_iters: int | None = None,
+                 init_scale: float = 1.0,  # s_p at initialisation, listing 4
                  gather_negatives: bool = False) -> None:
         super().__init__()
         if mode not in MODES:
@@ -58,8 +60,9 @@ class HyperbolicBranch(nn.Module):
         self.frechet_temperature = frechet_temperature
         self.frechet_iters = frechet_iters
         self.curvature = Curvature(init_c, learnable=learn_c)
-        self.part_proj = nn.ModuleDict({p: HyperbolicProjection(part_dim, hyp_dim, self.curvature) for p in PART_NAMES})
-        self.text_proj = HyperbolicProjection(text_dim, hyp_dim, self.curvature)
+        self.part_proj = nn.ModuleDict({p: HyperbolicProjection(part_dim, hyp_dim, self.curvature, init_scale)
+                                        for p in PART_NAMES})
+        self.text_proj = HyperbolicProjection(text_dim, hyp_dim, self.curvature, init_scale)
         self.attention = HyperbolicAttention(hyp_dim, self.curvature) if mode == "token" else None
         self.contrastive = HyperbolicContrastiveLoss(self.curvature, label_smoothing=label_smoothing,
                                                      gather_negatives=gather_negatives)

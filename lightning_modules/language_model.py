@@ -72,8 +72,10 @@ class SignLanguageModel(nn.Module):
             raise ValueError("the tokenizer must define pad and eos tokens")
         if config is not None:
             # A random model takes its special ids from the tokenizer; mT5 starts decoding at pad.
-            config = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-                      "decoder_start_token_id": tokenizer.pad_token_id, **config}
+            # The vocabulary defaults to the tokenizer's (MT5Config's own default is mT5's 250k).
+            config = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                      "eos_token_id": tokenizer.eos_token_id, "decoder_start_token_id": tokenizer.pad_token_id,
+                      **config}
         self.model = build_mt5(pretrained, config)
         self.tokenizer = tokenizer
         self.language = language

@@ -43,7 +43,8 @@ def _records(path: Path):
 
 
 def read_offline_run(run_dir: str | Path) -> tuple[dict, dict[str, list]]:
-    """(config, history) of an offline run folder: config key -> value, metric -> logged values."""
+    """(config, history) of an offline run folder: config key -> value, metric -> logged values
+    (media such as images and tables as dicts with their `_type`, `path`, …)."""
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob("run-*.wandb"))
     if not files:
@@ -56,9 +57,15 @@ def read_offline_run(run_dir: str | Path) -> tuple[dict, dict[str, list]]:
         for item in updates:
             config[item.key] = json.loads(item.value_json)
         if kind == "history":
+            media: dict[str, dict] = {}  # images and tables arrive as nested keys (key, field)
             for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                history.setdefault(key, []).append(json.loads(item.value_json))
+                key, *field = [item.key] if item.key else list(item.nested_key)
+                if field:
+                    media.setdefault(key, {})["/".join(field)] = json.loads(item.value_json)
+                else:
+                    history.setdefault(key, []).append(json.loads(item.value_json))
+            for key, value in media.items():
+                history.setdefault(key, []).append(value)
     return config, history
 
 

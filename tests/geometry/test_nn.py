@@ -212,3 +212,19 @@ def test_gather_negatives_contrasts_against_the_global_batch():
         total = total + loss_r
     total.backward()  # all_gather's backward sums every rank's gradient into the owner's slice
     torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]), yy.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_projection_init_scale_keeps_points_off_the_clip_sphere():
+    """With listing 4's s = 1, wide features all land on the F.2 clip sphere d(0, h) = 2/√c; a
+    MERU-style s = dim**-0.5 starts them spread inside the ball."""
+    from geometry import Curvature, HyperbolicProjection, dist0
+
+    torch.manual_seed(0)
+    c = Curvature(1.5, learnable=False)
+    x = torch.randn(32, 64)
+    saturated = dist0(HyperbolicProjection(64, 64, c)(x), c())
+    torch.testing.assert_close(saturated, torch.full_like(saturated, 2 / 1.5 ** 0.5), rtol=1e-3, atol=1e-3)
+    spread = dist0(HyperbolicProjection(64, 64, c, init_scale=64 ** -0.5)(x), c())
+    assert float(spread.max()) < 2 / 1.5 ** 0.5 - 0.1 and float(spread.std()) > 0.05
+    with pytest.raises(ValueError, match="init_scale"):
+        HyperbolicProjection(4, 4, c, init_scale=0.0)

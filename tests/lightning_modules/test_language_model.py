@@ -147,3 +147,11 @@ def test_untied_lm_head_survives_loading(tmp_path):
     loaded = build_mt5(pretrained=str(tmp_path))
     torch.testing.assert_close(loaded.lm_head.weight, saved.lm_head.weight, rtol=0, atol=0)
     assert loaded.lm_head.weight.data_ptr() != loaded.shared.weight.data_ptr()
+
+
+def test_config_without_vocab_size_takes_the_tokenizers(tokenizer):
+    """A demo config names only the widths; the model must not default to mT5's 250k vocabulary."""
+    config = {k: v for k, v in TINY_MT5.items() if k != "vocab_size"}
+    small = SignLanguageModel(tokenizer, "Chinese", config=config)
+    assert small.model.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert small.model.lm_head.out_features == len(tokenizer)
