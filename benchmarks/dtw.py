@@ -6,26 +6,22 @@ machine wall time mostly measures the other processes.
 """
 from __future__ import annotations
 
-import json
-import platform
-import time
+import sys
 from pathlib import Path
 
 import torch
 
-from generation.metrics import dtw_distance, dtw_mje, frame_costs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS_DIR, timed, write_results  # noqa: E402
+from generation.metrics import dtw_distance, dtw_mje, frame_costs  # noqa: E402
 
 BATCH, FRAMES, REPEATS = 64, 300, 3
 
 
 def best_of(fn, repeats: int = REPEATS) -> tuple[float, float]:
     """(wall, CPU) seconds of the fastest of ``repeats`` runs (the least disturbed by others)."""
-    times = []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return min(times)
+    return min(timed(fn) for _ in range(repeats))
 
 
 def main() -> None:
@@ -48,15 +44,9 @@ def main() -> None:
     for row in rows:
         cells = [f"{row[k][0]:.3f} / {row[k][1]:.3f}" for k in ("frame_costs_s", "wavefront_dp_s", "total_s")]
         print(f"{row['cost']:<10}" + "".join(f"{c:>16}" for c in cells))
-    out = Path(__file__).resolve().parent / "results" / "dtw.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "batch": BATCH, "frames": FRAMES, "repeats": REPEATS, "threads": torch.get_num_threads(),
-        "columns": "[wall seconds, CPU seconds]", "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "rows": rows,
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
-
+    write_results("dtw", RESULTS_DIR, {
+        "batch": BATCH, "frames": FRAMES, "repeats": REPEATS, "columns": "[wall seconds, CPU seconds]", "rows": rows,
+    })
 
 if __name__ == "__main__":
     main()

@@ -7,11 +7,7 @@ Shapes (Table 3, C.2): hyp_dim 256, batch 8 and 32, 4 parts, 100 text tokens, pa
 """
 from __future__ import annotations
 
-import json
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,20 +19,10 @@ import torch  # noqa: E402
 
 import geometry as geo  # noqa: E402
 from benchmarks import geoopt_reference as listing  # noqa: E402
+from benchmarks.common import RESULTS_DIR, median_time, write_results  # noqa: E402
 
 DIM, PARTS, TOKENS, PAIRWISE, C = 256, 4, 100, 512, 1.5  # hyp_dim, parts, text length, N = M, c_init (Table 3)
 REPEATS = 15
-
-
-def median_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    """Median wall time of `repeats` calls after one warm-up, in seconds."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def with_backward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -133,8 +119,8 @@ def bench_elementwise(ball: geoopt.PoincareBall) -> list[dict]:
 
 
 def row(name: str, shape: str, ours: Callable, theirs: Callable, truth: torch.Tensor) -> dict:
-    fwd_ours, fwd_geoopt = median_time(ours), median_time(theirs)
-    bwd_ours, bwd_geoopt = median_time(with_backward(ours)), median_time(with_backward(theirs))
+    fwd_ours, fwd_geoopt = median_time(ours, REPEATS), median_time(theirs, REPEATS)
+    bwd_ours, bwd_geoopt = median_time(with_backward(ours), REPEATS), median_time(with_backward(theirs), REPEATS)
     return {
         "op": name, "shape": shape,
         "fwd_ours_ms": 1e3 * fwd_ours, "fwd_geoopt_ms": 1e3 * fwd_geoopt, "fwd_speedup": fwd_geoopt / fwd_ours,
@@ -160,15 +146,10 @@ def main() -> None:
         print(f"{r['op']:<26}{r['fwd_ours_ms']:>10.2f} /{r['fwd_geoopt_ms']:>9.2f}{r['fwd_speedup']:>7.1f}"
               f"{r['fwdbwd_ours_ms']:>13.2f} /{r['fwdbwd_geoopt_ms']:>10.2f}{r['fwdbwd_speedup']:>7.1f}"
               f"{r['max_err_ours']:>11.1e}{r['max_err_geoopt']:>12.1e}")
-    out = Path(__file__).resolve().parent / "results" / "geometry.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    write_results("geometry", RESULTS_DIR, {
         "c": C, "hyp_dim": DIM, "parts": PARTS, "tokens": TOKENS, "pairwise": PAIRWISE, "repeats": REPEATS,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "geoopt": geoopt.__version__,
-        "machine": platform.processor() or platform.machine(), "rows": rows,
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
-
+        "geoopt": geoopt.__version__, "rows": rows,
+    })
 
 if __name__ == "__main__":
     main()

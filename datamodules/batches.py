@@ -148,16 +148,29 @@ class ShardSampler(Sampler):
       from ``(seed, epoch, index)`` alone, whatever the number of workers.
 
     The epoch is read from ``epoch_fn`` (the DataModule passes the trainer's current epoch)
-    when iteration starts, else from ``set_epoch``.
+    when iteration starts, else from ``set_epoch``. Resuming mid-epoch: ``skip(n)`` drops the
+    first ``n`` indices of this rank's shard from the next iteration only; since the order is
+    a function of ``(seed, epoch)``, the rest of the epoch is exactly what an uninterrupted
+    run would have seen.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int = 0,
                  epoch_fn: Callable[[], int] | None = None):
         self.size, self.shuffle, self.seed, self.epoch_fn = size, shuffle, seed, epoch_fn
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def current_epoch(self) -> int:
+        return self.epoch_fn() if self.epoch_fn is not None else self.epoch
+
+    def skip(self, n: int) -> None:
+        """Start the next iteration ``n`` indices into this rank's shard (resume)."""
+        if n < 0:
+            raise ValueError(f"ShardSampler.skip: n must be >= 0, got {n}")
+        self._skip = n
 
     def __len__(self) -> int:
         rank, world = rank_and_world()
@@ -165,14 +178,68 @@ class ShardSampler(Sampler):
 
     def __iter__(self):
         rank, world = rank_and_world()
+        skip, self._skip = self._skip, 0  # a resume offset applies to one iteration only
         if not self.shuffle:
-            yield from range(rank, self.size, world)
+            yield from range(rank, self.size, world)[skip:]
             return
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        epoch = self.current_epoch()
         order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
         order = order[:self.size // world * world]
-        for index in order[rank::world].tolist():
+        for index in order[rank::world][skip:].tolist():
             yield index, epoch
+
+
+class _DeferredIterator:
+    """Builds the DataLoader's iterator at the first ``next()``, not at ``iter()``."""
+
+    def __init__(self, make: Callable[[], object]):
+        self._make, self._iterator = make, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._make()
+        return next(self._iterator)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that resumes at the first batch the trainer did not finish.
+
+    Its position inside the epoch is the trainer's own count of finished batches
+    (``consumed_fn``), read when an epoch's first batch is requested: 0 for a fresh epoch, the
+    restored count after a mid-epoch resume. Reading it there, rather than trusting Lightning to
+    call ``load_state_dict`` before iterating, matters: a model that asks for
+    ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` makes Lightning build
+    the training iterator *before* the checkpoint is restored, and it never calls the loader's
+    ``load_state_dict`` afterwards. So the iterator is deferred to the first ``next()`` (with
+    workers, building it already draws sampler indices), and the workers' base seed is drawn
+    from the global RNG at the same point of every epoch, resumed or not.
+
+    ``state_dict`` records the position in the checkpoint (and marks the loader resumable for
+    Lightning); ``load_state_dict`` only checks it against the trainer's restored count.
+    """
+
+    def __init__(self, *args, consumed_fn: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ShardSampler):
+            raise TypeError(f"ResumableLoader needs a ShardSampler, got {type(self.sampler).__name__}")
+        self.consumed_fn = consumed_fn
+
+    def __iter__(self):
+        def start():
+            self.sampler.skip(self.consumed_fn() * self.batch_size)
+            return DataLoader.__iter__(self)
+
+        return _DeferredIterator(start)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.current_epoch(), "batches": int(self.consumed_fn())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.keys() != {"epoch", "batches"}:
+            raise ValueError(f"ResumableLoader: unexpected loader state {state!r} in the checkpoint")
 
 
 STAGE_SPLITS = {"fit": ("train", "dev"), "validate": ("dev",), "test": ("test",), "predict": ("test",)}
@@ -185,8 +252,11 @@ class SplitDataModule(L.LightningDataModule):
 
     Loaders use ``ShardSampler`` (so set ``use_distributed_sampler: false`` in the trainer):
     dev/test shard ``r::world`` without padding, so the model must gather its predictions;
-    training shards a seeded per-epoch permutation into equal parts.
+    training shards a seeded per-epoch permutation into equal parts, through a
+    ``ResumableLoader`` so a mid-epoch checkpoint resumes at the next unseen batch.
     """
+
+    test_splits: tuple[str, ...] = ("test",)  # what `lightning test` evaluates, in order
 
     def __init__(self):
         super().__init__()
@@ -200,22 +270,29 @@ class SplitDataModule(L.LightningDataModule):
             ensure_synthsign(self.data_dir, **self.synthsign_kwargs)
 
     def setup(self, stage: str | None = None) -> None:
-        for split in STAGE_SPLITS.get(stage, SPLITS):
+        splits = self.test_splits if stage == "test" else STAGE_SPLITS.get(stage, SPLITS)
+        for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self._build(split)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def _consumed_batches(self) -> int:
+        """Training batches the trainer has finished in the current epoch (0 without a trainer)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"call setup() before asking for the {split} dataloader")
         data = self.datasets[split]
-        train = split == "train"
-        sampler = ShardSampler(len(data), shuffle=train, seed=self.seed,
-                               epoch_fn=self._current_epoch if train else None)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=self.collate_fn, num_workers=self.num_workers)
+        options = dict(batch_size=self.batch_size, collate_fn=self.collate_fn, num_workers=self.num_workers)
+        if split != "train":
+            return DataLoader(data, sampler=ShardSampler(len(data), shuffle=False), **options)
+        sampler = ShardSampler(len(data), shuffle=True, seed=self.seed, epoch_fn=self._current_epoch)
+        return ResumableLoader(data, sampler=sampler, consumed_fn=self._consumed_batches, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -223,8 +300,9 @@ class SplitDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("dev")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(split) for split in self.test_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         record_skips(self.skipped, batch.pop("skipped", ()))

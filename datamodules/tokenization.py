@@ -4,8 +4,10 @@ Both are built from a *spec string*, so a model and its DataModule that are give
 agree on the vocabulary at ``__init__`` without reading any data:
 
 - ``load_tokenizer(spec)``: a local HF tokenizer directory (mT5's SentencePiece), a
-  ``tokenizer.json`` file, or ``"synthsign-de"`` / ``"synthsign-zh"`` (a word- / character-level
-  tokenizer built in memory over every sentence the SynthSign grammar can emit).
+  ``tokenizer.json`` file, a PT ``.text`` file (a German word-level tokenizer built over its
+  lines, as ``load_gloss_vocab`` builds the gloss vocab from ``.gloss``), or ``"synthsign-de"`` /
+  ``"synthsign-zh"`` (a word- / character-level tokenizer built in memory over every sentence
+  the SynthSign grammar can emit).
 - ``load_gloss_vocab(spec)``: a saved vocab JSON, a PT ``train.gloss`` file, or ``"synthsign"``.
 
 To train a word/character tokenizer on a real corpus instead of using mT5's:
@@ -75,9 +77,15 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerFast:
             named = {role: tok for role, tok in zip(("pad_token", "eos_token", "unk_token"),
                                                     TEXT_SPECIALS) if tok in vocab}
             tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, **named)
+        elif path.is_file() and path.suffix == ".text":
+            # PT's .text files are PHOENIX-2014T's lower-cased German, one sentence per line
+            sentences = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not sentences:
+                raise ValueError(f"tokenizer spec {spec!r}: the .text file has no sentences")
+            tokenizer = build_word_level_tokenizer(sentences, "de")
         else:
             raise ValueError(f"tokenizer spec {spec!r} is neither synthsign-de/zh, a tokenizer "
-                             "directory, nor an existing tokenizer.json file")
+                             "directory, an existing tokenizer.json file nor a PT .text file")
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {spec!r} has no pad or eos token")
     if tokenizer("a")["input_ids"][-1:] != [tokenizer.eos_token_id]:

@@ -20,11 +20,17 @@ sample and file, or with ``on_bad_sample="skip"`` is dropped, logged once and co
 ``self.skipped`` (reason -> names). Missing files are found in ``setup``; the rest when the
 sample is loaded.
 
+Packed cache (``packed=True``, the default): ``prepare_data`` unpickles every split's pose files
+once into ``<label_dir>/packed/`` (``datamodules/packed.py``: one memory-mapped array plus an
+index, rebuilt when a label or pose file changes); ``setup`` uses it when it is fresh and
+otherwise reads the pickles. Batches are identical either way, bad samples included.
+
 DDP: see ``SplitDataModule`` in ``datamodules/batches.py`` (dev/test are sharded without
 padding, so the model gathers its predictions; ``use_distributed_sampler: false``).
 """
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -32,11 +38,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.batches import (BadSampleError, SplitDataModule, TranslationCollate,
+from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
                                  check_on_bad_sample, record_skips, skip_marker)
 from datamodules.formats import UnsafePickleError, read_pose_pickle, read_unisign_labels
 from datamodules.keypoints import SCORE_THRESHOLD, normalise_parts, sample_frame_indices
+from datamodules.packed import PackedPoses, ensure_packed
 from datamodules.tokenization import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("csl_daily", "phoenix2014t", "synthsign")
 DEFAULT_LANGUAGE = {"csl_daily": "zh", "phoenix2014t": "de"}
@@ -51,13 +60,13 @@ class PoseTextDataset(Dataset):
 
     ``records`` hold ``name``, ``text``, ``gloss`` and ``pose_path``. A key is an index, or
     ``(index, epoch)`` from the training ``ShardSampler``; ``train`` turns on random frame
-    subsets.
+    subsets. ``poses`` is the split's packed cache, or None to unpickle ``pose_path`` per item.
     """
 
     def __init__(self, records: list[dict], max_len: int, train: bool, seed: int,
-                 on_bad_sample: str):
+                 on_bad_sample: str, poses: PackedPoses | None = None):
         self.records, self.max_len, self.train, self.seed = records, max_len, train, seed
-        self.on_bad_sample = on_bad_sample
+        self.on_bad_sample, self.poses = on_bad_sample, poses
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,10 +86,16 @@ class PoseTextDataset(Dataset):
             return skip_marker(record["name"], reason, message)
 
     def _load(self, record: dict, index: int, epoch: int) -> dict:
-        keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
-        frames = sample_frame_indices(len(keypoints), self.max_len, rng)
-        parts, scale = normalise_parts(keypoints[frames], scores[frames])
+        if self.poses is None:
+            keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
+            frames = sample_frame_indices(len(keypoints), self.max_len, rng)
+            keypoints, scores = keypoints[frames], scores[frames]
+        else:  # gather the sampled frames first: only they leave the memory map, in one copy
+            clip = self.poses.read(record["name"])  # (T, 133, 3) view
+            clip = clip[sample_frame_indices(len(clip), self.max_len, rng)]
+            keypoints, scores = clip[..., :2], clip[..., 2]
+        parts, scale = normalise_parts(keypoints, scores)
         if scale == 0:
             raise _LowScore(f"{record['pose_path']}: fewer than 4 body keypoints score above "
                             f"{SCORE_THRESHOLD} (or they coincide); every part would be zero")
@@ -94,13 +109,15 @@ class SignTranslationDataModule(SplitDataModule):
     ``synthsign_kwargs`` go to ``ensure_synthsign`` (corpus size, seed, language mode).
     """
 
+    test_splits = ("dev", "test")  # Uni-Sign's protocol reports both at test time
+
     def __init__(self, dataset: str = "synthsign", data_dir: str = "data/synthsign",
                  label_dir: str | None = None, pose_dir: str | None = None,
                  tokenizer: str = "synthsign-zh", language: str | None = None,
                  max_len: int = 256,  # Uni-Sign's max_length (frames)
                  max_target_len: int = 64,  # tokens incl. eos; CSL-Daily's longest text is 43 chars
                  batch_size: int = 8, num_workers: int = 0, on_bad_sample: str = "raise",
-                 seed: int = 0, synthsign_kwargs: dict | None = None):
+                 seed: int = 0, synthsign_kwargs: dict | None = None, packed: bool = True):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -111,7 +128,7 @@ class SignTranslationDataModule(SplitDataModule):
         self.save_hyperparameters()
         self.dataset, self.data_dir = dataset, Path(data_dir)
         self.synthsign_kwargs = dict(synthsign_kwargs or {})
-        self.max_len, self.seed = max_len, seed
+        self.max_len, self.seed, self.packed = max_len, seed, packed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         unisign_dir = self.data_dir / "unisign"
@@ -125,6 +142,30 @@ class SignTranslationDataModule(SplitDataModule):
             raise ValueError(f"set language for dataset {dataset!r} with tokenizer {tokenizer!r}")
         self.language = language
         self.collate_fn = TranslationCollate(self.tokenizer, max_target_len)
+        self.cache_dir = self.label_dir / "packed"
+
+    def _pose_paths(self, labels: dict[str, dict]) -> list[tuple[str, Path]]:
+        """(name, pose pickle path) of every label, in file order."""
+        stems = [Path(label["video_path"]).stem if label["video_path"] else label["name"] for label in labels.values()]
+        return [(label["name"], self.pose_dir / f"{stem}.pkl") for label, stem in zip(labels.values(), stems)]
+
+    def prepare_data(self) -> None:
+        """SynthSign generation if asked for, then (``packed``) the packed cache of every split
+        whose label file exists, rebuilt only when its sources changed."""
+        super().prepare_data()
+        if not self.packed:
+            return
+        for split in SPLITS:
+            label_path = self.label_dir / f"labels.{split}"
+            if not label_path.is_file():
+                continue  # setup reports it if the stage needs this split
+            try:
+                if ensure_packed(self.cache_dir, split, label_path, self._pose_paths(read_unisign_labels(label_path))):
+                    log.info("packed %s poses into %s", split, self.cache_dir)
+            except OSError as err:  # e.g. a read-only dataset folder: training still works from pickles
+                log.warning("cannot write the packed pose cache in %s (%s); reading pose pickles "
+                            "(set packed: false to silence this)", self.cache_dir, err)
+                return
 
     def _build(self, split: str) -> PoseTextDataset:
         label_path = self.label_dir / f"labels.{split}"
@@ -132,9 +173,8 @@ class SignTranslationDataModule(SplitDataModule):
         if not labels:
             raise ValueError(f"{label_path}: no samples")
         records, missing = [], []
-        for label in labels.values():
-            stem = Path(label["video_path"]).stem if label["video_path"] else label["name"]
-            pose_path = self.pose_dir / f"{stem}.pkl"
+        pose_paths = self._pose_paths(labels)
+        for label, (_, pose_path) in zip(labels.values(), pose_paths):
             if not pose_path.is_file():
                 message = f"sample {label['name']!r}: pose file {pose_path} not found"
                 if self.on_bad_sample == "raise":
@@ -147,4 +187,8 @@ class SignTranslationDataModule(SplitDataModule):
         if not records:
             raise ValueError(f"{label_path}: none of the {len(labels)} samples has a pose file "
                              f"under {self.pose_dir}")
-        return PoseTextDataset(records, self.max_len, split == "train", self.seed, self.on_bad_sample)
+        poses = PackedPoses.open(self.cache_dir, split, label_path, [p for _, p in pose_paths]) if self.packed else None
+        if self.packed and poses is None:
+            log.warning("no fresh packed cache for %s in %s (prepare_data builds it); reading pose pickles",
+                        split, self.cache_dir)
+        return PoseTextDataset(records, self.max_len, split == "train", self.seed, self.on_bad_sample, poses)

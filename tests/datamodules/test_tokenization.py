@@ -122,3 +122,26 @@ def test_cli_trains_tokenizer_json_from_label_file(tmp_path):
     main([str(tmp_path / "train.text"), "--language", "de", "--out", str(tmp_path / "de.json")])
     de = load_tokenizer(str(tmp_path / "de.json"))
     assert de.decode(de(DE[1])["input_ids"], skip_special_tokens=True) == DE[1]
+
+
+def test_load_tokenizer_from_pt_text_file_is_word_level_and_deterministic(tmp_path):
+    """PHOENIX's back-translator config names ``pt/train.text``: German words, ids fixed by the file."""
+    (tmp_path / "train.text").write_text("\n".join(DE) + "\n\n")  # a trailing blank line is ignored
+    a = load_tokenizer(str(tmp_path / "train.text"))
+    b = load_tokenizer(str(tmp_path / "train.text"))
+    assert a.get_vocab() == b.get_vocab() == build_word_level_tokenizer(DE, "de").get_vocab()
+    assert (a.pad_token_id, a.eos_token_id, a.unk_token_id) == (0, 1, 2)
+    assert len(a) == 3 + len({w for s in DE for w in s.split()})
+    ids = a(DE[1])["input_ids"]
+    assert ids[-1] == 1 and 2 not in ids
+    assert a.decode(ids, skip_special_tokens=True) == DE[1]
+    (tmp_path / "reordered.text").write_text("\n".join(reversed(DE)))
+    assert load_tokenizer(str(tmp_path / "reordered.text")).get_vocab() == a.get_vocab()
+
+
+def test_load_tokenizer_rejects_empty_or_missing_text_file(tmp_path):
+    (tmp_path / "empty.text").write_text("\n \n")
+    with pytest.raises(ValueError, match="empty.text"):
+        load_tokenizer(str(tmp_path / "empty.text"))
+    with pytest.raises(ValueError, match="missing.text"):
+        load_tokenizer(str(tmp_path / "missing.text"))

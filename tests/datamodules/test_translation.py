@@ -249,13 +249,23 @@ def test_bad_pose_content_names_sample_or_is_skipped(csl, content, reason):
 
 def test_label_problems_fail_at_setup(csl):
     label_dir = csl[0]
+    good_dev = (label_dir / "labels.dev").read_bytes()
     (label_dir / "labels.dev").write_bytes(gzip.compress(pickle.dumps(
         {"X": {"name": "X", "gloss": [], "video_path": "X.mp4"}})))
     with pytest.raises(ValueError, match=r"labels\.dev: sample 'X' has no 'text'"):
         _dm(csl).setup("validate")
+    (label_dir / "labels.dev").write_bytes(good_dev)
     (label_dir / "labels.test").unlink()
     with pytest.raises(FileNotFoundError, match=r"labels\.test"):
-        _dm(csl).setup("test")
+        _dm(csl).setup("test")  # test evaluates dev and test; the missing test split fails setup
+
+
+def test_test_stage_evaluates_dev_then_test(csl):
+    dm = _dm(csl)
+    dm.setup("test")
+    loaders = dm.test_dataloader()
+    assert dm.test_splits == ("dev", "test") and len(loaders) == 2
+    assert [len(loader.dataset) for loader in loaders] == [len(dm.datasets["dev"]), len(dm.datasets["test"])]
 
 
 def test_phoenix_pose_path_uses_name_with_split(tmp_path):

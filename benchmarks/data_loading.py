@@ -1,0 +1,147 @@
+"""SignTranslationDataModule throughput: per-video pose pickles vs the packed memory-mapped cache.
+
+Plain script: ``python benchmarks/data_loading.py [--quick] [--out DIR]``. Writes a CSL-Daily
+layout corpus of random poses to a temporary folder (clip lengths spread like CSL-Daily's),
+then for each source (pickles, packed) and worker count (0, 2) times one training epoch at
+the demo settings (batch 16, max_len 256) and records samples/s, the peak Python/numpy heap
+of the main process (tracemalloc; memory-mapped pages are file cache, not heap) and, with 2
+workers, whether a batch arrives faster than the demo training step takes (read from
+``hyperbolic_overhead.json`` when that benchmark has run). Prints a table, writes
+``data_loading.json``.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS_DIR, parse_args, print_table, timed, write_results  # noqa: E402
+from datamodules.formats import read_pose_pickle  # noqa: E402
+from datamodules.keypoints import sample_frame_indices  # noqa: E402
+from datamodules.translation import SignTranslationDataModule  # noqa: E402
+
+BATCH, MAX_LEN = 16, 256  # the demo configs' batch_size and max_len (Uni-Sign's max_length)
+FRAMES = (60, 300)  # clip lengths drawn uniformly: CSL-Daily clips run about 2-12 s at 25 fps
+
+
+def write_corpus(root: Path, samples: int, seed: int = 0) -> tuple[Path, Path]:
+    """labels.{train,dev} + one Uni-Sign pose pickle per sample, as CSL-Daily ships them (dev
+    reuses two clips: setup("fit") wants it, the benchmark never reads it)."""
+    rng = np.random.default_rng(seed)
+    label_dir, pose_dir = root / "labels", root / "pose_format"
+    pose_dir.mkdir(parents=True)
+    labels = {}
+    for i in range(samples):
+        name = f"S{i:06d}_P0000_T00"
+        frames = int(rng.integers(*FRAMES, endpoint=True))
+        pose = {"keypoints": rng.uniform(0.3, 0.7, (frames, 1, 133, 2)).astype(np.float32),
+                "scores": rng.uniform(0.2, 1.0, (frames, 1, 133)).astype(np.float32)}
+        (pose_dir / f"{name}.pkl").write_bytes(pickle.dumps(pose, protocol=4))
+        labels[name] = {"name": name, "gloss": ["你们", "好"], "text": "今天天气很好", "video_path": f"{name}.mp4"}
+    label_dir.mkdir()
+    (label_dir / "labels.train").write_bytes(gzip.compress(pickle.dumps(labels)))
+    dev = dict(list(labels.items())[:2])
+    (label_dir / "labels.dev").write_bytes(gzip.compress(pickle.dumps(dev)))
+    return label_dir, pose_dir
+
+
+def epoch(dm: SignTranslationDataModule) -> tuple[int, float, float]:
+    """(samples, seconds for all batches after the first, seconds to the first batch): the first
+    batch pays worker start-up, which a training run pays once, not per batch."""
+    start = time.perf_counter()
+    loader = iter(dm.train_dataloader())
+    first = next(loader)
+    first_s = time.perf_counter() - start
+    start, samples = time.perf_counter(), 0
+    for batch in loader:
+        samples += len(batch["name"])
+    return samples + len(first["name"]), time.perf_counter() - start, first_s
+
+
+def read_stage(dm: SignTranslationDataModule) -> float:
+    """Clips/s of what the cache replaces alone: get one clip's sampled frames into memory
+    (unpickle + select, or gather from the map), without normalisation or collation."""
+    data = dm.datasets["train"]
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for record in data.records:
+        if data.poses is None:
+            keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
+            frames = sample_frame_indices(len(keypoints), MAX_LEN, rng)
+            keypoints[frames], scores[frames]
+        else:
+            clip = data.poses.read(record["name"])  # (T, 133, 3) view
+            clip[sample_frame_indices(len(clip), MAX_LEN, rng)]
+    return len(data.records) / (time.perf_counter() - start)
+
+
+def demo_step_seconds(out_dir: Path) -> float | None:
+    """Median demo training step (token mode) from the hyperbolic-overhead results, if present."""
+    for folder in (out_dir, RESULTS_DIR):
+        path = folder / "hyperbolic_overhead.json"
+        if path.is_file():
+            rows = json.loads(path.read_text())["rows"]
+            return next((r["step_ms"] / 1e3 for r in rows if r["config"] == "demo" and r["mode"] == "token"), None)
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 3)
+    step_s = demo_step_seconds(args.out)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        label_dir, pose_dir = write_corpus(Path(tmp), samples)
+        common = dict(dataset="csl_daily", label_dir=str(label_dir), pose_dir=str(pose_dir),
+                      tokenizer="synthsign-zh", batch_size=BATCH, max_len=MAX_LEN)
+        pack_s, _ = timed(SignTranslationDataModule(**common).prepare_data)
+        cache_mb = sum(p.stat().st_size for p in (label_dir / "packed").iterdir()) / 2 ** 20
+        for packed in (False, True):
+            read_rate = None
+            for workers in (0, 2):
+                dm = SignTranslationDataModule(**common, packed=packed, num_workers=workers)
+                dm.setup("fit")
+                if read_rate is None:  # main-process measurement, the same for any worker count
+                    read_rate = max(read_stage(dm) for _ in range(repeats))  # the least disturbed pass
+                runs = []
+                for _ in range(repeats):
+                    tracemalloc.start()
+                    runs.append(epoch(dm))
+                    peak = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.stop()
+                n, seconds, first_s = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # median epoch
+                rate = (n - BATCH) / seconds  # the first batch is timed apart
+                rows.append({"source": "packed" if packed else "pickles", "workers": workers,
+                             "read_clips_per_s": read_rate, "samples_per_s": rate, "batch_ms": 1e3 * BATCH / rate, "first_batch_s": first_s,
+                             "peak_heap_mb": peak / 2 ** 20,
+                             "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
+    by = {(r["source"], r["workers"]): r for r in rows}
+    speedup = {w: by["packed", w]["samples_per_s"] / by["pickles", w]["samples_per_s"] for w in (0, 2)}
+    read_speedup = by["packed", 0]["read_clips_per_s"] / by["pickles", 0]["read_clips_per_s"]
+    print_table(f"SignTranslationDataModule, {samples} clips of {FRAMES[0]}-{FRAMES[1]} frames, batch {BATCH}, "
+                f"max_len {MAX_LEN}; packing took {pack_s:.1f} s ({cache_mb:.0f} MB)", rows,
+                [("source", "source", "s"), ("workers", "workers", "d"), ("read_clips_per_s", "read clips/s", ".0f"),
+                 ("samples_per_s", "samples/s", ".0f"),
+                 ("batch_ms", "ms/batch", ".1f"), ("first_batch_s", "first batch s", ".2f"),
+                 ("peak_heap_mb", "peak heap MB", ".1f"), ("keeps_up", "keeps up", "")])
+    print(f"packed / pickles: read stage {read_speedup:.1f}x; loader {speedup[0]:.1f}x (main process), "
+          f"{speedup[2]:.1f}x (2 workers); demo training step "
+          + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
+    write_results("data_loading", args.out, {
+        "samples": samples, "frames": FRAMES, "batch": BATCH, "max_len": MAX_LEN, "repeats": repeats,
+        "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "demo_step_s": step_s,
+        "speedup_packed_over_pickles": {"read_stage": read_speedup, **{f"loader_workers_{w}": s for w, s in speedup.items()}},
+        "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

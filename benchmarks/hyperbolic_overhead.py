@@ -1,0 +1,199 @@
+"""What Geo-Sign's hyperbolic regulariser costs per training step, and the branch against the paper's listings.
+
+Plain script: ``python benchmarks/hyperbolic_overhead.py [--quick] [--compile] [--out DIR]``.
+
+1. Full training steps (forward + backward + both optimisers, through a Lightning Trainer
+   exactly as ``lightning fit`` runs them) of ``GeoSignTranslator`` with ``hyperbolic`` null
+   (the Uni-Sign baseline), pooled and token, at three configurations:
+   ``issue`` (the issue's measurement: batch 8, 64 frames, 20 text tokens, hyp_dim 256, a
+   128-wide 2+2-layer mT5), ``demo`` (experiments/demo/*.yaml) and ``paper`` (the paper's
+   hyperbolic shapes, Table 3 / F.1.1: batch 8, 4 parts, hyp_dim 256, 100 text tokens, LM width
+   768; the mT5 keeps 2+2 layers so a CPU step stays seconds, not minutes). Modes take turns
+   round by round so a burst of load on the shared box hits them alike; the step time is the
+   median over all timed steps. Goal: pooled and token within 1.05x of the baseline.
+2. The hyperbolic branch alone (``HyperbolicBranch`` forward + backward at the paper shapes)
+   against the same computation written with ``benchmarks/geoopt_reference.py`` (listings
+   4-8 on geoopt: the 50-iteration Fréchet mean with its per-step convergence check, broadcast
+   attention). Goal: ours at least 5x faster. ``--compile`` adds ``torch.compile`` (inductor)
+   of our branch; its one-off compile time is reported.
+
+Prints two tables, writes ``hyperbolic_overhead.json``.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import geoopt_reference as listing  # noqa: E402
+from benchmarks.common import median_time, parse_args, print_table, timed, write_results  # noqa: E402
+from datamodules.keypoints import PART_NAMES, PART_NODES  # noqa: E402
+from lightning_modules.geosign import GeoSignTranslator  # noqa: E402
+from lightning_modules.hyperbolic_branch import HyperbolicBranch, masked_mean  # noqa: E402
+
+MODES = (None, "pooled", "token")
+PAPER_ENCODER = {"hidden": [64, 64, 128, 256]}  # ST-GCN widths, part_dim 256 (supplement C.1)
+CONFIGS = {
+    "issue": dict(batch=8, frames=64, tokens=20, hyp_dim=256, encoder=PAPER_ENCODER,
+                  mt5=dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32)),
+    "demo": dict(batch=16, frames=128, tokens=20, hyp_dim=64, encoder={"hidden": [32, 32, 64, 64], "temporal_blocks": 2},
+                 mt5=dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32)),
+    # mT5-base width and heads (d_model 768, d_ff 2048, 12 heads of 64), 2+2 layers instead of 12+12
+    "paper": dict(batch=8, frames=64, tokens=100, hyp_dim=256, encoder=PAPER_ENCODER,
+                  mt5=dict(d_model=768, d_ff=2048, num_layers=2, num_decoder_layers=2, num_heads=12, d_kv=64)),
+}
+QUICK = {"quick": dict(batch=2, frames=8, tokens=5, hyp_dim=16, encoder={"hidden": [8, 8, 16], "temporal_blocks": 1},
+                       mt5=dict(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16))}
+VOCAB = 210  # synthsign-zh's size: target ids are drawn below it
+
+
+def make_batch(cfg: dict, seed: int = 0) -> dict:
+    """A translation batch (datamodules/batches.py layout) of random poses and tokens, some padding."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, L = cfg["batch"], cfg["frames"], cfg["tokens"]
+    frame_len = torch.randint(T // 2, T + 1, (B,), generator=g)
+    frame_len[0] = T
+    token_len = torch.randint(max(L // 2, 1), L + 1, (B,), generator=g)
+    token_len[0] = L
+    batch = {p: torch.rand(B, T, PART_NODES[p], 3, generator=g) * 2 - 1 for p in PART_NAMES}
+    batch["frame_mask"] = torch.arange(T)[None] < frame_len[:, None]  # (B, T)
+    batch["target_mask"] = torch.arange(L)[None] < token_len[:, None]  # (B, L)
+    batch["target_ids"] = torch.randint(3, VOCAB, (B, L), generator=g).masked_fill(~batch["target_mask"], 0)
+    batch["target_ids"][torch.arange(B), token_len - 1] = 1  # eos
+    batch |= {"text": [""] * B, "gloss": [[]] * B, "name": [f"s{i}" for i in range(B)]}
+    return batch
+
+
+class StepTimer(L.Callback):
+    """Wall time from batch start to batch end: forward, backward and the optimiser steps."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter() - self.start)
+
+
+def fit_steps(model: GeoSignTranslator, batch: dict, steps: int) -> list[float]:
+    """Run ``steps`` training steps on ``batch`` through a Trainer; their wall times."""
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, callbacks=[timer],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(model, torch.utils.data.DataLoader([batch] * steps, batch_size=None))
+    return timer.times
+
+
+def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
+    """Median step time of each mode, modes interleaved round by round (first step of a round untimed:
+    it pays the Trainer's set-up)."""
+    models = {}
+    for mode in MODES:
+        torch.manual_seed(0)
+        models[mode] = GeoSignTranslator(mt5_config=cfg["mt5"], encoder=cfg["encoder"], hyperbolic=mode,
+                                         hyp_dim=cfg["hyp_dim"])
+    batch = make_batch(cfg)
+    for mode in MODES:  # one untimed fit each: first-call allocations and lazy initialisation
+        fit_steps(models[mode], batch, 1)
+    times = {mode: [] for mode in MODES}
+    for _ in range(rounds):
+        for mode in MODES:
+            times[mode] += fit_steps(models[mode], batch, steps + 1)[1:]
+    base = statistics.median(times[None])
+    return [{"config": name, "mode": mode or "baseline", "step_ms": 1e3 * statistics.median(times[mode]),
+             "ratio": statistics.median(times[mode]) / base, "steps": len(times[mode])} for mode in MODES]
+
+
+class ListingBranch(nn.Module):
+    """HyperbolicBranch's computation written with the paper's listings on geoopt (the reference)."""
+
+    def __init__(self, mode: str, part_dim: int, text_dim: int, hyp_dim: int, init_c: float = 1.5,
+                 label_smoothing: float = 0.2) -> None:  # c_init, label_smoothing_hyp, Table 3
+        super().__init__()
+        self.mode, self.ball = mode, listing.make_manifold(init_c)
+        self.part_proj = nn.ModuleList(listing.HyperbolicProjection(part_dim, hyp_dim, self.ball) for _ in PART_NAMES)
+        self.text_proj = listing.HyperbolicProjection(text_dim, hyp_dim, self.ball)
+        self.W_key = nn.Parameter(torch.eye(hyp_dim))
+        self.b_key = nn.Parameter(torch.zeros(hyp_dim))
+        self.loss = listing.HyperbolicContrastiveLoss(self.ball, label_smoothing=label_smoothing)
+
+    def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
+                target_mask: Tensor) -> Tensor:
+        h = torch.stack([proj(masked_mean(part_features[p], frame_mask)) for proj, p in zip(self.part_proj, PART_NAMES)],
+                        dim=1)  # (B, P, D)
+        if self.mode == "pooled":
+            w = torch.softmax(self.ball.dist0(h), dim=1)  # Eq. 4, λ_w = 1
+            pose = listing.weighted_frechet_mean(h.transpose(0, 1), w.T, self.ball)  # (B, D)
+            text = listing.pooled_text_embedding(decoder_hidden, target_mask, self.text_proj)  # (B, D)
+            return self.loss(pose, text)["loss"]
+        tokens = self.text_proj(decoder_hidden)  # (B, L, D)
+        b_point = self.ball.expmap0(self.b_key)
+        contexts, _ = listing.token_attention(self.ball, h, tokens, target_mask, self.W_key, b_point)  # (B, P, D)
+        return torch.stack([self.loss(h[:, i], contexts[:, i])["loss"] for i in range(len(PART_NAMES))]).mean()
+
+
+def bench_branch(cfg: dict, repeats: int, compile_branch: bool) -> list[dict]:
+    """Forward + backward of the branch alone: ours (eager, optionally compiled) vs the listings."""
+    g = torch.Generator().manual_seed(1)
+    B, T, L, part_dim, text_dim = cfg["batch"], cfg["frames"], cfg["tokens"], cfg["encoder"]["hidden"][-1], cfg["mt5"]["d_model"]
+    batch = make_batch(cfg)
+    inputs = ({p: torch.randn(B, T, part_dim, generator=g, requires_grad=True) for p in PART_NAMES},
+              batch["frame_mask"], torch.randn(B, L, text_dim, generator=g, requires_grad=True), batch["target_mask"])
+    rows = []
+    for mode in ("pooled", "token"):
+        torch.manual_seed(0)
+        variants = {"listings (geoopt)": ListingBranch(mode, part_dim, text_dim, cfg["hyp_dim"]),
+                    "ours": HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])}
+        compile_s = None
+        if compile_branch:
+            compiled = HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])
+            compiled.compile(fullgraph=True)
+            compile_s = timed(lambda: compiled(*inputs)[0].backward())[0]  # first call compiles forward and backward
+            variants["ours, torch.compile"] = compiled
+        ms = {}
+        for label, module in variants.items():
+            loss_of = (lambda m=module: m(*inputs)) if label.startswith("listings") else (lambda m=module: m(*inputs)[0])
+            ms[label] = 1e3 * median_time(lambda f=loss_of: f().backward(), repeats)
+        for label, t in ms.items():
+            rows.append({"mode": mode, "variant": label, "fwd_bwd_ms": t, "speedup_vs_listings": ms["listings (geoopt)"] / t,
+                         "compile_s": compile_s if "compile" in label else None})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv,
+                      {"compile": "also time torch.compile (inductor) of the branch; compiling takes minutes on CPU"})
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one Trainer per round: no banners
+    warnings.filterwarnings("ignore", module="lightning")
+    configs, rounds, steps, repeats = (QUICK, 1, 2, 2) if args.quick else (CONFIGS, 3, 3, 15)
+    step_rows = [row for name, cfg in configs.items() for row in bench_steps(name, cfg, rounds, steps)]
+    branch_cfg = next(iter(QUICK.values())) if args.quick else CONFIGS["paper"]
+    branch_rows = bench_branch(branch_cfg, repeats, args.compile)
+    print_table(f"Training step (fwd + bwd + optimisers), torch threads {torch.get_num_threads()}, "
+                f"median of {rounds} x {steps} steps per mode", step_rows,
+                [("config", "config", "s"), ("mode", "mode", "s"), ("step_ms", "ms/step", ".1f"),
+                 ("ratio", "x baseline", ".3f")])
+    print()
+    print_table(f"Hyperbolic branch alone, fwd + bwd, batch {branch_cfg['batch']}, {branch_cfg['tokens']} tokens, "
+                f"hyp_dim {branch_cfg['hyp_dim']}, text width {branch_cfg['mt5']['d_model']}", branch_rows,
+                [("mode", "mode", "s"), ("variant", "variant", "s"), ("fwd_bwd_ms", "ms", ".2f"),
+                 ("speedup_vs_listings", "x vs listings", ".1f"), ("compile_s", "compile s", "")])
+    write_results("hyperbolic_overhead", args.out, {
+        "quick": args.quick, "configs": configs, "rounds": rounds, "steps_per_round": steps, "repeats": repeats,
+        "rows": step_rows, "branch_config": branch_cfg, "branch_rows": branch_rows})
+
+
+if __name__ == "__main__":
+    main()

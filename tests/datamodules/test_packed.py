@@ -1,0 +1,166 @@
+"""The packed pose cache gives exactly the pickle path's batches, rebuilds on changed sources and
+reports bad samples the same way."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.batches import BadSampleError
+from datamodules.formats import read_pose_pickle
+from datamodules.packed import PackedPoses, build_packed, ensure_packed, paths
+from tests.datamodules.test_translation import _dm, _write_csl, make_pose
+
+
+@pytest.fixture
+def csl(tmp_path):
+    # CSL-Daily layout: gzip label pickles with video_path, one Uni-Sign pose pickle per video
+    return _write_csl(tmp_path, {"train": [5, 9, 3, 7, 4], "dev": [6, 300, 2], "test": [3, 3]},
+                      np.random.default_rng(0))
+
+
+def _batches(dm, split: str, epoch: int = 0) -> list[dict]:
+    if split == "train":
+        loader = dm.train_dataloader()
+        loader.sampler.epoch_fn = lambda: epoch  # what the trainer's current epoch would say
+        return list(loader)
+    return list(dm.val_dataloader())
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], torch.Tensor):
+                assert torch.equal(x[key], y[key]), key
+            else:
+                assert x[key] == y[key], key
+
+
+def test_packed_batches_equal_pickle_batches(csl):
+    packed = _dm(csl, batch_size=2, max_len=4, seed=3)
+    packed.prepare_data()
+    packed.setup()
+    plain = _dm(csl, batch_size=2, max_len=4, seed=3, packed=False)
+    plain.setup()
+    assert all(packed.datasets[s].poses is not None for s in ("train", "dev", "test"))
+    assert all(plain.datasets[s].poses is None for s in ("train", "dev", "test"))
+    for epoch in (0, 1):  # random frame subsets (9 and 7 frames > max_len 4) drawn the same way
+        _assert_same(_batches(packed, "train", epoch), _batches(plain, "train", epoch))
+    _assert_same(_batches(packed, "dev"), _batches(plain, "dev"))
+
+
+def test_cache_holds_raw_frames_in_label_order(csl):
+    label_dir, pose_dir, _ = csl
+    dm = _dm(csl)
+    dm.prepare_data()
+    array_path, index_path = paths(label_dir / "packed", "dev")
+    array = np.load(array_path)
+    assert array.shape == (6 + 300 + 2, 133, 3) and array.dtype == np.float32
+    poses = PackedPoses.open(label_dir / "packed", "dev", label_dir / "labels.dev",
+                             [pose_dir / f"Sdev00{i}_P0000_T00.pkl" for i in range(3)])
+    assert poses.samples == {"Sdev000_P0000_T00": [0, 6], "Sdev001_P0000_T00": [6, 300],
+                             "Sdev002_P0000_T00": [306, 2]}
+    clip = poses.read("Sdev001_P0000_T00")  # (T, 133, 3)
+    ref_keypoints, ref_scores = read_pose_pickle(pose_dir / "Sdev001_P0000_T00.pkl")
+    assert np.array_equal(clip[..., :2], ref_keypoints) and np.array_equal(clip[..., 2], ref_scores)
+    # workers get the path, not a pickled copy of the array
+    clone = pickle.loads(pickle.dumps(poses))
+    assert clone._array is None and np.array_equal(clone.read("Sdev000_P0000_T00"), poses.read("Sdev000_P0000_T00"))
+
+
+def test_rebuilt_only_when_sources_change(csl):
+    label_dir, pose_dir, _ = csl
+    dm = _dm(csl, max_len=400)
+    dm.prepare_data()
+    cache, label_path = label_dir / "packed", label_dir / "labels.dev"
+    samples = [(f"Sdev00{i}_P0000_T00", pose_dir / f"Sdev00{i}_P0000_T00.pkl") for i in range(3)]
+    assert not ensure_packed(cache, "dev", label_path, samples)  # fresh: nothing to do
+    # a replaced pose file (new content, new mtime) makes the cache stale: setup falls back ...
+    new_pose = make_pose(11, np.random.default_rng(5))
+    samples[2][1].write_bytes(pickle.dumps(new_pose))
+    os.utime(samples[2][1], ns=(1, 1))
+    dm = _dm(csl, max_len=400)
+    dm.setup("validate")
+    assert dm.datasets["dev"].poses is None
+    # ... and prepare_data rebuilds it with the new frames
+    dm.prepare_data()
+    dm = _dm(csl, max_len=400)
+    dm.setup("validate")
+    poses = dm.datasets["dev"].poses
+    assert poses is not None and poses.samples["Sdev002_P0000_T00"] == [306, 11]
+    assert np.array_equal(poses.read("Sdev002_P0000_T00")[..., 2], new_pose["scores"][:, 0])
+    os.utime(label_path)  # a touched label file counts too
+    assert ensure_packed(cache, "dev", label_path, samples)
+    assert not list(cache.glob("*.tmp-*"))  # temporaries renamed or removed
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\x80\x04garbage", "invalid"),
+    (pickle.dumps({"keypoints": np.full((3, 1, 133, 2), np.inf), "scores": np.ones((3, 1, 133))}), "invalid"),
+    (pickle.dumps({"keypoints": np.zeros((3, 1, 133, 2)), "scores": np.full((3, 1, 133), 0.1)}), "low_score"),
+    (b"\x80\x04cos\nsystem\n.", "unsafe"),
+], ids=["corrupt", "non_finite", "unconfident", "unsafe"])
+def test_bad_samples_reported_like_the_pickle_path(csl, content, reason):
+    (csl[1] / "Sdev001_P0000_T00.pkl").write_bytes(content)
+    messages = {}
+    for packed in (True, False):
+        dm = _dm(csl, batch_size=3, packed=packed)
+        dm.prepare_data()  # packing does not fail on a bad sample: it is reported when loaded
+        dm.setup("validate")
+        assert (dm.datasets["dev"].poses is not None) == packed
+        with pytest.raises(BadSampleError, match=r"sample 'Sdev001_P0000_T00': .*Sdev001_P0000_T00\.pkl") as err:
+            next(iter(dm.val_dataloader()))
+        messages[packed] = str(err.value)
+        dm = _dm(csl, batch_size=3, packed=packed, on_bad_sample="skip", num_workers=1)
+        dm.setup("validate")
+        batch = dm.on_before_batch_transfer(next(iter(dm.val_dataloader())), 0)
+        assert batch["name"] == ["Sdev000_P0000_T00", "Sdev002_P0000_T00"]
+        assert dm.skipped == {reason: ["Sdev001_P0000_T00"]}
+    assert messages[True] == messages[False]
+
+
+def test_phoenix_names_with_split_prefix(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "poses" / "dev").mkdir(parents=True)
+    samples = []
+    for i in range(2):
+        path = tmp_path / "poses" / "dev" / f"clip-{i}.pkl"
+        path.write_bytes(pickle.dumps(make_pose(4 + i, rng)))
+        samples.append((f"dev/clip-{i}", path))
+    (tmp_path / "labels.dev").write_bytes(b"labels")
+    index = build_packed(tmp_path / "packed", "dev", tmp_path / "labels.dev", samples)
+    assert index["samples"] == {"dev/clip-0": [0, 4], "dev/clip-1": [4, 5]} and index["errors"] == {}
+
+
+def test_array_that_disagrees_with_its_index_names_the_file(csl):
+    label_dir = csl[0]
+    _dm(csl).prepare_data()
+    array_path = paths(label_dir / "packed", "test")[0]
+    np.save(array_path, np.zeros((2, 133, 3), np.float32))
+    dm = _dm(csl, packed=True)
+    dm.setup("test")
+    with pytest.raises(ValueError, match=re.escape(str(array_path))):
+        dm.datasets["test"].poses.array()
+
+
+def test_synthsign_prepare_data_packs_beside_the_corpus(tmp_path):
+    from datamodules.translation import SignTranslationDataModule
+
+    kwargs = dict(data_dir=str(tmp_path / "synthsign"), batch_size=2,
+                  synthsign_kwargs={"num_train": 3, "num_dev": 2, "num_test": 2})
+    dm = SignTranslationDataModule(**kwargs)
+    dm.prepare_data()
+    dm.prepare_data()  # the corpus check still passes with the cache beside pose_format
+    assert sorted(p.name for p in (tmp_path / "synthsign" / "unisign" / "packed").iterdir()) == [
+        f"{s}.{ext}" for s in ("dev", "test", "train") for ext in ("index.json", "npy")]
+    dm.setup()
+    plain = SignTranslationDataModule(**kwargs, packed=False)
+    plain.setup()
+    assert dm.datasets["dev"].poses is not None
+    _assert_same(list(dm.val_dataloader()), list(plain.val_dataloader()))
