@@ -49,6 +49,7 @@ class GeoSignTranslator(LightningModule):
         hyp_dim, init_c, learn_c, alpha_init, hyp_label_smoothing, frechet_temperature,
             frechet_iters, hyp_init_scale, gather_negatives: the hyperbolic branch (see
             `HyperbolicBranch`).
+        compile_hyperbolic: `torch.compile` the (training-only) hyperbolic branch.
         lr, betas, eps, weight_decay, warmup_epochs, min_lr: AdamW on Euclidean parameters with
             linear warm-up then cosine to `min_lr` (Table 3).
         hyp_lr: Riemannian Adam on hyperbolic-branch parameters (constant).
@@ -74,6 +75,7 @@ class GeoSignTranslator(LightningModule):
                  frechet_iters: int | None = None,
                  hyp_init_scale: float = 1.0,  # tangent scale s at initialisation, listing 4
                  gather_negatives: bool = False,
+                 compile_hyperbolic: bool = False,
                  lr: float = 3e-5,  # AdamW lr, Table 3
                  betas: tuple[float, float] = (0.9, 0.999),  # opt-betas, Table 3
                  eps: float = 1e-8,  # opt-eps, Table 3
@@ -101,6 +103,9 @@ class GeoSignTranslator(LightningModule):
             hyperbolic, part_dim=part_dim, text_dim=self.lm.d_model, hyp_dim=hyp_dim, init_c=init_c,
             learn_c=learn_c, label_smoothing=hyp_label_smoothing, frechet_temperature=frechet_temperature,
             frechet_iters=frechet_iters, init_scale=hyp_init_scale, gather_negatives=gather_negatives)
+        if compile_hyperbolic and self.hyperbolic is not None:
+            # In place, so checkpoint keys do not change; dynamic shapes avoid a recompile per B/T/L.
+            self.hyperbolic.compile(fullgraph=True, dynamic=True)
         self.blend = None if hyperbolic is None else LossBlend(alpha_init)
         self._outputs: dict[int, list[dict]] = {}
         self._disk_points: list[Tensor] = []
