@@ -304,6 +304,9 @@ class SplitDataModule(L.LightningDataModule):
         loaders = [self._loader(split) for split in self.test_splits]
         return loaders[0] if len(loaders) == 1 else loaders
 
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         record_skips(self.skipped, batch.pop("skipped", ()))
         return batch

@@ -137,7 +137,7 @@ class MaskReplaceDiffusion(nn.Module):
         logs = logs[:, :, None, None]  # (3, B, 1, 1)
         return logs[0], logs[1], logs[2]
 
-    def _apply(self, log_v: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _apply_transition(self, log_v: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log(Q_{s→t} v) for non-negative vectors v over the K + 2 states: (B, N, K+2) -> same."""
         log_alpha, log_beta, log_gamma = self._transition(s, t)
         codes, mask, pad = log_v[..., : self.num_classes], log_v[..., -2:-1], log_v[..., -1:]
@@ -166,7 +166,7 @@ class MaskReplaceDiffusion(nn.Module):
 
     def q_probs(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log q(x_t | x0) of Eq. 5 in closed form: x0 (B, N) long, t (B,) -> (B, N, K+2)."""
-        return self._apply(log_onehot(x0, self.num_states), torch.zeros_like(t), t)
+        return self._apply_transition(log_onehot(x0, self.num_states), torch.zeros_like(t), t)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x0) (Eq. 5): x0 (B, N) long with [PAD] outside the sequence -> (B, N)."""
@@ -188,7 +188,7 @@ class MaskReplaceDiffusion(nn.Module):
             raise ValueError(f"q_posterior needs 0 <= s < t, got s={s.tolist()}, t={t.tolist()}")
         zero = torch.zeros_like(t)
         log_w = log_x0 - self._likelihood(x_t, zero, t)  # (B, N, K); q(x_t | x0) > 0 for codes, t >= 1
-        log_prior = self._apply(self._as_states(log_w), zero, s)  # (B, N, K+2)
+        log_prior = self._apply_transition(self._as_states(log_w), zero, s)  # (B, N, K+2)
         step = self._likelihood(x_t, s, t)  # q(x_t | x_s = j) for codes j
         # x_s = [MASK] reaches x_t only if x_t is [MASK] (prob 1); [PAD] is handled below
         step_mask = torch.where(x_t == self.mask_id, 0.0, LOG_ZERO).unsqueeze(-1)

@@ -182,6 +182,12 @@ class PoseVQVAEModel(nn.Module):
         codes, _ = self.codebook.quantize(self._encode_features(poses, mask))
         return codes * mask[..., None]
 
+    def encode_latents(self, poses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``encode`` plus the pre-quantisation encoder latents (B, T, P, h) (sequential-KNN's z, Eq. 11)."""
+        latents = self._encode_features(poses, mask)
+        codes, _ = self.codebook.quantize(latents)
+        return codes * mask[..., None], latents
+
     def decode(self, codes: Tensor, mask: Tensor) -> Tensor:
         """codes (B, T, P) long, (B, T) bool -> poses (B, T, 50, 3), 0 at padded frames."""
         if codes.dim() != 3 or codes.shape[-1] != self.num_parts or mask.shape != codes.shape[:2]:
