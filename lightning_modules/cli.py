@@ -14,6 +14,11 @@ What differs from plain LightningCLI, and why:
 - The resolved config is overwritten on a second run in the same folder (Lightning #7679 makes
   that an error) and is also sent to the W&B run config (Lightning #14628).
 - `WANDB_MODE` from the environment wins over a YAML's `offline: true`.
+- Every run gets exact, crash-safe resume (`lightning_modules/callbacks.py`,
+  `checkpoint_io.py`): `last.ckpt` is also written every `step_checkpoint.every_n_train_steps`
+  optimizer steps, checkpoints carry the RNG states and the W&B run id, writes are atomic, a
+  non-finite step is skipped (`train/skipped_steps`) and skipped bad samples are reported.
+  On `--ckpt_path last` the W&B logger continues the checkpoint's run id.
 """
 from __future__ import annotations
 
@@ -23,10 +28,15 @@ from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from lightning_modules.callbacks import WANDB_ID_FILE, BadSampleReport, NonFiniteGuard, ResumeState
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
+
 CHECKPOINT_DIRNAME = "checkpoints"
+STEP_CHECKPOINT_EVERY = 100  # optimizer steps between mid-epoch `last.ckpt` saves (a crash loses at most these)
 DESCRIPTION = "signlab: sign language translation and production experiments (LightningCLI)"
 
 
@@ -74,14 +84,36 @@ class SignLabCLI(LightningCLI):
         # The run's checkpoint callback is part of the CLI so that every experiment gets the same
         # folder layout; YAMLs tune it under `checkpoint:` (monitor, mode, every_n_train_steps).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{epoch}-{step}"})
+        # No version counter: both checkpoints below overwrite the one `last.ckpt` (not `last-v1.ckpt`).
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{epoch}-{step}",
+                             "checkpoint.enable_version_counter": False})
+        # A second, unmonitored checkpoint only refreshes `last.ckpt` every N optimizer steps, so a
+        # crash mid-epoch resumes from there (the monitored one saves at validation only).
+        parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        parser.set_defaults({"step_checkpoint.every_n_train_steps": STEP_CHECKPOINT_EVERY,
+                             "step_checkpoint.save_top_k": 0, "step_checkpoint.save_last": True,
+                             "step_checkpoint.enable_version_counter": False})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.trainer.default_root_dir or os.getcwd()
-        if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(checkpoint_dir(run_dir))
+        for section in (config.checkpoint, config.step_checkpoint):
+            if section.dirpath is None:
+                section.dirpath = str(checkpoint_dir(run_dir))
         self._respect_wandb_mode(config)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        plugins = trainer_config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        # Not parser arguments: they have no settings, and no experiment should run without them.
+        # ResumeState goes first: its RNG restore must precede every other batch-start hook.
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        kwargs["callbacks"] = [ResumeState(), *callbacks, NonFiniteGuard(), BadSampleReport()]
+        return super().instantiate_trainer(**kwargs)
 
     @staticmethod
     def _respect_wandb_mode(config) -> None:
@@ -101,6 +133,23 @@ class SignLabCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path()
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path:
+            self._continue_wandb_run(ckpt_path)
+
+    def _continue_wandb_run(self, ckpt_path: str) -> None:
+        """Point the W&B logger at the checkpoint's run id (its experiment is created later, lazily)."""
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or loggers[0]._experiment is not None:
+            return
+        state = load_checkpoint_file(ckpt_path, mmap=True).get("callbacks", {}).get("ResumeState", {})
+        run_id = state.get("wandb_id")
+        id_file = Path(self.trainer.default_root_dir) / WANDB_ID_FILE
+        if run_id is None and id_file.is_file():
+            run_id = id_file.read_text().strip() or None
+        if run_id is not None:
+            loggers[0]._id = run_id
+            loggers[0]._wandb_init["id"] = run_id
 
     def before_validate(self) -> None:
         self._resolve_ckpt_path()

@@ -1,0 +1,159 @@
+"""Reliability callbacks every experiment gets from the CLI (`lightning_modules/cli.py`).
+
+- `ResumeState`: what a Lightning checkpoint leaves out for an exact resume: the global RNG
+  states (torch, numpy, random) and the W&B run id (also written to `<run>/wandb_id`).
+- `NonFiniteGuard`: a step whose gradients (hence also a NaN/inf loss) are not finite is skipped,
+  counted and logged as `train/skipped_steps`, instead of writing NaN into the weights.
+- `BadSampleReport`: prints the samples the DataModule skipped, by reason, when fitting ends
+  (the models log the running count as `data/skipped`).
+
+Everything a checkpoint carries here is tensors, ints and strings, so checkpoints stay loadable
+with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_id"
+
+
+# ----------------------------------------------------------------------------------- RNG states
+
+def rng_state() -> dict[str, Any]:
+    """The global torch, numpy and `random` states as tensors/ints/tuples (weights_only-safe)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "random": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def wandb_run_id(trainer: Trainer) -> str | None:
+    """The id of the trainer's W&B run (creating the run if it does not exist yet), else None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return logger.version
+    return None
+
+
+class ResumeState(Callback):
+    """Global RNG states and the W&B run id, saved with every checkpoint.
+
+    The RNG states are restored right before the first training batch after a resume, not when
+    the checkpoint loads: between the two, Lightning builds the training iterator, and a
+    DataLoader draws its base seed from the global torch RNG, which the uninterrupted run did
+    at the start of the epoch.
+    """
+
+    def __init__(self) -> None:
+        self.wandb_id: str | None = None
+        self._pending_rng: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "ResumeState"
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.wandb_id = wandb_run_id(trainer)
+        if self.wandb_id is not None:
+            self._write_wandb_id(Path(trainer.default_root_dir), self.wandb_id)
+
+    @staticmethod
+    @rank_zero_only
+    def _write_wandb_id(run_dir: Path, run_id: str) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state(), "wandb_id": self.wandb_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_rng = state_dict["rng"]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+
+# ------------------------------------------------------------------------------ NaN/inf steps
+
+def grads_finite(parameters) -> bool:
+    """True when every gradient is finite; one host sync for the whole model."""
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]  # 0-dim each
+    return not norms or bool(torch.stack(norms).isfinite().all())
+
+
+class NonFiniteGuard(Callback):
+    """Skips an optimizer step whose gradients are not finite (a NaN/inf loss gives such grads).
+
+    Runs in `on_before_optimizer_step` (after backward, the DDP all-reduce and AMP unscaling,
+    before clipping): it drops every gradient, so the optimisers leave each parameter and its
+    moments untouched. The LR schedule and `global_step` still advance, as they do for a step
+    skipped by AMP's GradScaler. The count survives resume and is logged as
+    `train/skipped_steps`.
+    """
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    @property
+    def state_key(self) -> str:
+        return "NonFiniteGuard"
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not grads_finite(params):
+            self.skipped += 1
+            log.warning("non-finite gradient at global step %d: optimizer step skipped (%d so far)",
+                        trainer.global_step, self.skipped)
+            for p in params:
+                p.grad = None
+        pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False,
+                      batch_size=1)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped = state_dict["skipped"]
+
+
+# ------------------------------------------------------------------------------ skipped samples
+
+class BadSampleReport(Callback):
+    """Prints the skipped samples by reason when fit ends (each rank its own shard's).
+
+    Reads `datamodule.skipped` (reason -> names), which `on_bad_sample="skip"` DataModules fill.
+    """
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        skipped = getattr(trainer.datamodule, "skipped", None) if trainer.datamodule is not None else None
+        if skipped:
+            total = sum(len(v) for v in skipped.values())
+            lines = [f"  {reason}: {', '.join(sorted(names))}" for reason, names in sorted(skipped.items())]
+            print(f"rank {trainer.global_rank}: skipped {total} bad samples:\n" + "\n".join(lines), flush=True)

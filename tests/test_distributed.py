@@ -1,0 +1,84 @@
+"""DDP (gloo, 2 CPU processes) and bf16-mixed through the `lightning` script, plus the GPU
+strategy overrides as configs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO, run_cli
+from tests.test_resume import GEOSIGN_TOKEN, STEP_LOG, TINY_GEOSIGN, _losses, _ok
+
+PROBE = "tests.cli_fixtures.ddp_probe.GatheredDevNames"
+STRATEGIES = REPO / "experiments" / "strategies"
+NUM_DEV = 7  # odd, so the two ranks hold 4 and 3 dev samples
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_score_every_dev_sample_once(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_GEOSIGN.replace("num_dev: 6", f"num_dev: {NUM_DEV}"))
+    probe = tmp_path / "probe.jsonl"
+    _ok(run_cli(["fit", "--config", GEOSIGN_TOKEN, "--config", str(tmp_path / "tiny.yaml"),
+                 "--trainer.default_root_dir", "runs/ddp", "--trainer.max_epochs", "1",
+                 "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                 "--model.init_args.gather_negatives", "true", f"--trainer.callbacks+={PROBE}"],
+                cwd=tmp_path, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                                   "SIGNLAB_TEST_PROBE": str(probe)}))
+    (record,) = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert record["world"] == 2
+    assert len(record["names"]) == NUM_DEV == len(set(record["names"]))  # none dropped, none twice
+    ckpt = torch.load(tmp_path / "runs/ddp/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 24 // (4 * 2)  # each rank trained on its half of the 24 samples
+    assert math.isfinite(ckpt["callbacks"]["ModelCheckpoint{'monitor': 'val/bleu4', 'mode': 'max', "
+                                           "'every_n_train_steps': 0, 'every_n_epochs': 1, "
+                                           "'train_time_interval': None}"]["best_model_score"].item())
+
+
+@pytest.mark.slow
+def test_bf16_mixed_geosign_token_trains_with_finite_losses(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_GEOSIGN)
+    _ok(run_cli(["fit", "--config", GEOSIGN_TOKEN, "--config", str(tmp_path / "tiny.yaml"),
+                 "--trainer.default_root_dir", "runs/bf16", "--trainer.max_epochs", "1",
+                 "--trainer.precision", "bf16-mixed", f"--trainer.callbacks+={STEP_LOG}"],
+                cwd=tmp_path, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2",
+                                   "SIGNLAB_TEST_STEP_LOG": str(tmp_path / "steps.log")}))
+    losses = _losses(tmp_path / "steps.log")
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v) for v in losses.values())
+    ckpt = torch.load(tmp_path / "runs/bf16/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["callbacks"]["NonFiniteGuard"] == {"skipped": 0}
+    weights = ckpt["state_dict"]
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())  # master weights
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "deepspeed_zero2.yaml"])
+def test_gpu_strategy_overrides_parse_onto_a_paper_config(capsys, name):
+    from lightning_modules.cli import SignLabCLI
+
+    with pytest.raises(SystemExit) as exit_:  # --print_config prints the merged config and exits
+        SignLabCLI(args=["fit", "--config", str(REPO / "experiments" / "geosign_token.yaml"),
+                         "--config", str(STRATEGIES / name), "--print_config"])
+    assert exit_.value.code in (0, None)
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["accelerator"] == "gpu" and trainer["devices"] == -1
+    assert trainer["sync_batchnorm"] is True and trainer["use_distributed_sampler"] is False
+    strategy = trainer["strategy"]
+    if name == "ddp.yaml":
+        assert strategy["class_path"].endswith("DDPStrategy")
+    else:
+        assert strategy["class_path"].endswith("DeepSpeedStrategy") and strategy["init_args"]["stage"] == 2
+        assert trainer["precision"] == "bf16-mixed"
+
+
+def test_stgcn_batchnorms_become_sync_batchnorm_under_ddp():
+    """What `sync_batchnorm: true` does to the pose encoder (SyncBatchNorm itself runs on GPU only)."""
+    from lightning.pytorch.plugins import TorchSyncBatchNorm
+
+    from lightning_modules.stgcn import PoseEncoder
+
+    encoder = TorchSyncBatchNorm().apply(PoseEncoder(16, hidden=(8, 8, 16, 16), temporal_blocks=1))
+    kinds = {type(m) for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {torch.nn.SyncBatchNorm}

@@ -1,0 +1,215 @@
+"""Exact resume through the `lightning` script: a run SIGKILLed mid-epoch and resumed with
+`--ckpt_path last` ends where an uninterrupted run ends (parameters, both optimisers, losses)."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.checkpoint_io import load_checkpoint_file
+from tests.conftest import REPO, run_cli
+from tests.wandb_offline import offline_runs
+
+GEOSIGN_TOKEN = str(REPO / "experiments" / "demo" / "geosign_token.yaml")
+STEP_LOG = "tests.cli_fixtures.kill_at_step.StepLog"
+KILL = "tests.cli_fixtures.kill_at_step.KillAtStep"
+
+# 24 training samples / batch 4 = 6 steps per epoch, 2 epochs; `last.ckpt` every 2 steps.
+TINY_GEOSIGN = """
+trainer:
+  max_epochs: 2
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  deterministic: true
+step_checkpoint:
+  every_n_train_steps: 2
+model:
+  init_args:
+    mt5_config: {d_model: 32, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
+                 d_kv: 16, dropout_rate: 0.1, vocab_size: 256}
+    encoder: {hidden: [8, 8, 16, 16], temporal_blocks: 1}
+    hyp_dim: 16
+    num_beams: 1
+    max_new_tokens: 5
+data:
+  init_args:
+    max_len: 32
+    batch_size: 4
+    num_workers: 0
+    synthsign_kwargs: {num_train: 24, num_dev: 6, num_test: 2}
+"""
+KILL_AT = 8  # optimizer steps before the kill: epoch 1, batch 2 of 6 (not an epoch boundary)
+TOTAL_STEPS = 12
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDERR:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _losses(path: Path) -> dict[int, float]:
+    rows = (line.split() for line in path.read_text().splitlines())
+    return {int(step): float.fromhex(loss) for step, loss, *_ in rows}
+
+
+# Parameters and optimiser moments agree to 1e-6 except the conv biases in front of a BatchNorm:
+# their gradient is rounding noise (BatchNorm removes the bias), which Adam normalises into
+# lr-sized steps, so a one-ulp loss difference grows to ~1e-5 there in a few steps.
+ATOL = 5e-5
+
+
+def _assert_close(a, b, where: str) -> None:
+    """Leaf-by-leaf comparison of nested checkpoint structures."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape, where
+        torch.testing.assert_close(a.float(), b.float(), atol=ATOL, rtol=0, msg=where)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=ATOL), where
+    else:
+        assert a == b, where
+
+
+def _crash_and_resume(cwd: Path, config: str) -> tuple[dict, dict, dict]:
+    """Run A uninterrupted; run B SIGKILLed after step KILL_AT's checkpoint, then resumed with
+    `--ckpt_path last`. Checks the losses and returns B's mid checkpoint and both final ones."""
+    def fit(run: str, more: list[str], env: dict):
+        args = ["fit", "--config", config, "--config", str(cwd / "tiny.yaml"), "--trainer.default_root_dir",
+                f"runs/{run}", f"--trainer.callbacks+={STEP_LOG}", *more]
+        return run_cli(args, cwd=cwd, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2", **env})
+
+    _ok(fit("A", [], {"SIGNLAB_TEST_STEP_LOG": str(cwd / "A.log")}))
+    killed = fit("B", [f"--trainer.callbacks+={KILL}"],
+                 {"SIGNLAB_TEST_STEP_LOG": str(cwd / "B.log"), "SIGNLAB_TEST_KILL_AT_STEP": str(KILL_AT)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last_b = cwd / "runs/B/checkpoints/last.ckpt"
+    mid = load_checkpoint_file(last_b)
+    _ok(fit("B", ["--ckpt_path", "last"], {"SIGNLAB_TEST_STEP_LOG": str(cwd / "B.log")}))
+
+    losses_a, losses_b = _losses(cwd / "A.log"), _losses(cwd / "B.log")
+    assert sorted(losses_a) == list(range(1, TOTAL_STEPS + 1))
+    assert sorted(losses_b) == list(range(1, TOTAL_STEPS + 1))  # no step repeated or lost
+    for step in range(KILL_AT + 1, TOTAL_STEPS + 1):
+        # 1e-6 relative: a float32 loss near 12 is resolved to ~1e-6 (one ulp) anyway
+        assert losses_b[step] == pytest.approx(losses_a[step], rel=1e-6, abs=1e-6), f"loss at step {step}"
+    end_a, end_b = load_checkpoint_file(cwd / "runs/A/checkpoints/last.ckpt"), load_checkpoint_file(last_b)
+    assert end_a["global_step"] == end_b["global_step"] == TOTAL_STEPS
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
+        _assert_close(end_a[key], end_b[key], key)
+    return mid, end_a, end_b
+
+
+def _check_mid_checkpoint(mid: dict) -> None:
+    assert mid["global_step"] == KILL_AT and mid["epoch"] == 1
+    # The position inside the epoch and the RNG states travel with the checkpoint.
+    assert mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": KILL_AT - 6}]
+    assert set(mid["callbacks"]["ResumeState"]["rng"]) == {"torch", "numpy", "random"}
+
+
+@pytest.mark.slow
+def test_geosign_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_GEOSIGN)
+    mid, _, end = _crash_and_resume(tmp_path, GEOSIGN_TOKEN)
+    _check_mid_checkpoint(mid)
+    # AdamW and Riemannian Adam both hold state, and the learnable geometry is in the weights.
+    assert all(opt["state"] for opt in end["optimizer_states"][0]["optimizers"])
+    geometry = [k for k in end["state_dict"] if any(s in k for s in ("curvature", "tau", "margin", "blend"))]
+    assert {"blend.logit", "hyperbolic.contrastive.margin", "hyperbolic.contrastive.tau_logit"} <= set(geometry)
+    assert any(not torch.equal(end["state_dict"][k], mid["state_dict"][k]) for k in geometry)  # they train
+
+
+TINY_VQVAE = """
+trainer: {max_epochs: 1, enable_progress_bar: false, limit_val_batches: 1}
+model:
+  init_args: {hidden: 16, layers: 1, heads: 2, codebook_size: 32, spl_hidden: 8, num_image_samples: 1}
+data:
+  init_args:
+    batch_size: 4
+    num_workers: 0
+    synthsign_kwargs: {num_train: 24, num_dev: 4, num_test: 2}
+"""
+TINY_DIFFUSION = """
+trainer: {max_epochs: 2, log_every_n_steps: 1, enable_progress_bar: false, deterministic: true, limit_val_batches: 1}
+step_checkpoint: {every_n_train_steps: 2}
+model:
+  init_args: {vqvae_ckpt: runs/vq/checkpoints/last.ckpt, d_model: 16, heads: 2, encoder_depth: 1,
+              blocks_per_level: 1, middle_blocks: 1, sample_steps: 2, knn_k: 4, knn_l: 4,
+              num_logged_samples: 1, warmup_steps: 2}
+data:
+  init_args:
+    batch_size: 4
+    num_workers: 0
+    synthsign_kwargs: {num_train: 24, num_dev: 4, num_test: 2}
+"""
+
+
+@pytest.mark.slow
+def test_posevq_diffusion_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    (tmp_path / "vq.yaml").write_text(TINY_VQVAE)
+    _ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/pose_vqvae.yaml"), "--config", "vq.yaml",
+                 "--trainer.default_root_dir", "runs/vq"], cwd=tmp_path,
+                env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}))
+    (tmp_path / "tiny.yaml").write_text(TINY_DIFFUSION)
+    mid, _, end = _crash_and_resume(tmp_path, str(REPO / "experiments/demo/posevq_diffusion.yaml"))
+    _check_mid_checkpoint(mid)
+    assert end["optimizer_states"][0]["state"]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_wandb_run(tmp_path):
+    tiny = str(REPO / "tests" / "cli_fixtures" / "tiny.yaml")
+    _ok(run_cli(["fit", "--config", tiny, "--trainer.max_epochs", "1"], cwd=tmp_path))
+    run = tmp_path / "runs" / "tiny"
+    run_id = (run / "wandb_id").read_text().strip()
+    assert [r.name.rsplit("-", 1)[-1] for r in offline_runs(run)] == [run_id]
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["callbacks"]["ResumeState"]["wandb_id"] == run_id
+    (run / "wandb_id").unlink()  # the id in the checkpoint is enough
+    _ok(run_cli(["fit", "--config", tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last"], cwd=tmp_path))
+    # Offline W&B writes each segment to its own folder, under the same run id (synced as one run).
+    assert [r.name.rsplit("-", 1)[-1] for r in offline_runs(run)] == [run_id, run_id]
+    assert (run / "wandb_id").read_text().strip() == run_id
+
+
+class _Keys(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 22
+
+    def __getitem__(self, key):
+        return key[0]  # the ShardSampler yields (index, epoch)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumable_loader_restarts_at_the_first_batch_the_trainer_did_not_finish(num_workers):
+    from datamodules.batches import ResumableLoader, ShardSampler
+
+    progress = {"epoch": 0, "batches": 0}  # what the trainer has restored / finished
+
+    def loader() -> ResumableLoader:
+        sampler = ShardSampler(22, shuffle=True, seed=3, epoch_fn=lambda: progress["epoch"])
+        return ResumableLoader(_Keys(), sampler=sampler, batch_size=4, num_workers=num_workers,
+                               consumed_fn=lambda: progress["batches"])
+
+    epochs = [[b.tolist() for b in loader()] for progress["epoch"] in (0, 1)]
+    assert epochs[0] != epochs[1] and sorted(sum(epochs[1], [])) == list(range(22))
+
+    # Lightning builds the iterator before it restores the checkpoint (estimated_stepping_batches).
+    progress.update(epoch=0, batches=0)
+    resumed = loader()
+    it = iter(resumed)
+    progress.update(epoch=1, batches=2)  # the restore: epoch 1, two batches finished
+    assert resumed.state_dict() == {"epoch": 1, "batches": 2}
+    resumed.load_state_dict(resumed.state_dict())
+    assert [b.tolist() for b in it] == epochs[1][2:]
+    progress.update(epoch=0, batches=0)  # the next epoch starts from its first batch
+    assert [b.tolist() for b in resumed] == epochs[0]
+    with pytest.raises(ValueError, match="loader state"):
+        resumed.load_state_dict({"samples": 3})
