@@ -10,15 +10,6 @@ from generation.transformer import Attention
 K = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(num_parts: int = 3) -> AutoregressiveDecoder:
     torch.manual_seed(0)
     return AutoregressiveDecoder(K, num_parts, d_model=32, heads=4, depth=2, dropout=0.0).eval()

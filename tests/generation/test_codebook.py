@@ -11,15 +11,6 @@ import torch.multiprocessing as mp
 from generation.codebook import EMACodebook
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _codebook(embed: torch.Tensor, decay: float = 0.99, dead_threshold: float = 0.0) -> EMACodebook:
     """A trained-looking codebook with the given (G, K, D) vectors and unit EMA counts."""
     g, k, d = embed.shape

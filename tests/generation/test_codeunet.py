@@ -11,15 +11,6 @@ from generation.transformer import AdaLayerNorm, PartHead, TimestepEmbedding
 K, T = 6, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(kind: str, num_parts: int):
     torch.manual_seed(0)
     if kind == "unet":

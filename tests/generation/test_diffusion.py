@@ -17,13 +17,6 @@ from generation.diffusion import (
 K, T = 5, 10  # codes, timesteps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 C = K + 2  # + [MASK] + [PAD]
 
 

@@ -11,15 +11,6 @@ from generation.mask_predict import MaskPredict
 K, T = 5, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(torch.nn.Module):
     """Denoiser stub: fixed logits, records what it was called with."""
 

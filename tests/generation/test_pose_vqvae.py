@@ -8,15 +8,6 @@ from datamodules.keypoints import PT_PARTS
 from generation.pose_vqvae import PoseVQVAEModel, local_parents, part_errors, patch_joints
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(variant: str = "separate", **kw) -> PoseVQVAEModel:
     torch.manual_seed(0)
     return PoseVQVAEModel(variant, hidden=16, layers=1, heads=2, codebook_size=12, spl_hidden=8, **kw)

@@ -9,15 +9,6 @@ from generation.pose_vqvae import local_parents
 from generation.spl import StructuredPredictionLayer, ancestors, tree_depths
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _descendants(parents: list[int], joint: int) -> set[int]:
     return {j for j in range(len(parents)) if joint in ancestors(parents, j)}
 

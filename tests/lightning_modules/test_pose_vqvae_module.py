@@ -14,15 +14,6 @@ from lightning_modules.pose_vqvae import PoseVQVAE
 TINY = dict(hidden=32, layers=1, heads=2, codebook_size=32, spl_hidden=16, warmup_steps=5, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation cost on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sine_batches(num_batches: int, seed: int, batch_size: int = 4, t_max: int = 12) -> list[dict]:
     """Batches shaped like GlossToPoseDataModule's: smooth sine-wave joints, zero padding."""
     g = torch.Generator().manual_seed(seed)
