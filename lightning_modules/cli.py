@@ -40,6 +40,26 @@ STEP_CHECKPOINT_EVERY = 100  # optimizer steps between mid-epoch `last.ckpt` sav
 DESCRIPTION = "signlab: sign language translation and production experiments (LightningCLI)"
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` follows every save point. Lightning 2.6 refreshes `last`
+    only when a top-k checkpoint was saved at that step, so a monitored metric that stops improving
+    would leave `last.ckpt` behind the run (and `--ckpt_path last` would lose the epochs since)."""
+
+    def _save_last_if_stale(self, trainer: Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+
 class SaveConfigToRun(SaveConfigCallback):
     """Writes `<run>/config.yaml` (overwriting) and sends the resolved config to W&B."""
 
@@ -83,7 +103,7 @@ class SignLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The run's checkpoint callback is part of the CLI so that every experiment gets the same
         # folder layout; YAMLs tune it under `checkpoint:` (monitor, mode, every_n_train_steps).
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         # No version counter: both checkpoints below overwrite the one `last.ckpt` (not `last-v1.ckpt`).
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{epoch}-{step}",
                              "checkpoint.enable_version_counter": False})

@@ -57,6 +57,15 @@ def test_resume_last_continues_and_second_run_in_same_folder(tmp_path):
 
 
 @pytest.mark.slow
+def test_last_checkpoint_follows_the_run_when_the_metric_stops_improving(tmp_path):
+    # mode max on a falling loss: only epoch 0 is "best", yet last.ckpt must hold the final step.
+    _ok(run_cli(["fit", "--config", TINY, "--trainer.max_epochs", "3", "--checkpoint.mode", "max"], cwd=tmp_path))
+    ckpt = torch.load(tmp_path / "runs/tiny/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 24
+    assert sorted(p.name for p in (tmp_path / "runs/tiny/checkpoints").glob("epoch*.ckpt")) == ["epoch=0-step=8.ckpt"]
+
+
+@pytest.mark.slow
 def test_resume_without_checkpoint_names_the_folder(tmp_path):
     proc = run_cli(["fit", "--config", TINY, "--ckpt_path", "last"], cwd=tmp_path)
     assert proc.returncode != 0
