@@ -152,3 +152,9 @@ def test_disk_coordinates_stay_in_the_disk_and_keep_the_origin():
     assert float(xy.norm(dim=-1).max()) < float(c.rsqrt())
     origin = disk_coordinates(torch.zeros(3, 4, 16), c)
     assert float(origin.abs().max()) == 0.0
+
+
+def test_compile_hyperbolic_compiles_in_place_and_keeps_checkpoint_keys():
+    plain, compiled = tiny_model("token"), tiny_model("token", compile_hyperbolic=True)
+    assert compiled.hyperbolic._compiled_call_impl is not None and plain.hyperbolic._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
