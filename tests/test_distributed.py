@@ -32,9 +32,9 @@ def test_ddp_two_cpu_processes_score_every_dev_sample_once(tmp_path):
     assert len(record["names"]) == NUM_DEV == len(set(record["names"]))  # none dropped, none twice
     ckpt = torch.load(tmp_path / "runs/ddp/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 24 // (4 * 2)  # each rank trained on its half of the 24 samples
-    assert math.isfinite(ckpt["callbacks"]["ModelCheckpoint{'monitor': 'val/bleu4', 'mode': 'max', "
-                                           "'every_n_train_steps': 0, 'every_n_epochs': 1, "
-                                           "'train_time_interval': None}"]["best_model_score"].item())
+    (best,) = [state["best_model_score"] for key, state in ckpt["callbacks"].items()
+               if "'monitor': 'val/bleu4'" in key]  # the run's val/bleu4 checkpoint, whatever its class
+    assert math.isfinite(best.item())
 
 
 @pytest.mark.slow
