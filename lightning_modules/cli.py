@@ -26,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import CheckpointIO
@@ -88,6 +89,10 @@ def resolve_last_checkpoint(run_dir: str | os.PathLike) -> str:
 
 class SignLabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        # "omegaconf+" resolves `${...}` once on the merged config, so a command-line override
+        # (`--trainer.default_root_dir runs/x`) reaches every value interpolated from it (the
+        # logger's save_dir); YAMLs keep writing absolute keys such as `${trainer.default_root_dir}`.
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
@@ -95,7 +100,7 @@ class SignLabCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION},
+            parser_kwargs={"parser_mode": "omegaconf+", "description": DESCRIPTION},
             args=args,
             run=run,
         )

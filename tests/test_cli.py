@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import REPO, run_cli
 from tests.wandb_offline import offline_runs, read_offline_run
@@ -88,3 +89,13 @@ def test_print_config_merges_configs_left_to_right(tmp_path):
     proc = _ok(run_cli(["fit", "--config", TINY, "--config", str(override), "--print_config"], cwd=tmp_path))
     assert "lr: 0.123" in proc.stdout and "max_epochs: 7" in proc.stdout
     assert "save_last: true" in proc.stdout  # the run-folder checkpoint defaults are part of every config
+
+
+def test_overriding_the_run_folder_moves_everything_interpolated_from_it(tmp_path):
+    # Interpolations resolve on the merged config, so the W&B folder follows a command-line
+    # `default_root_dir` instead of staying at the YAML's value.
+    proc = _ok(run_cli(["fit", "--config", TINY, "--trainer.default_root_dir", "runs/elsewhere",
+                        "--print_config"], cwd=tmp_path))
+    config = yaml.safe_load(proc.stdout)
+    assert config["trainer"]["default_root_dir"] == "runs/elsewhere"
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == "runs/elsewhere"

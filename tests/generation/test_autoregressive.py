@@ -55,6 +55,20 @@ def test_cached_generation_matches_uncached_logits(num_parts, temperature):
         assert torch.equal(out.tokens[token_mask], log_probs.argmax(-1)[token_mask])
 
 
+def test_cached_greedy_decoding_equals_uncached_greedy_decoding_token_for_token():
+    """The sampling benchmark's AR baseline is the cached decoder: it must be the same decoder as
+    re-running the whole prefix through the uncached forward pass at every step."""
+    model = make(3)
+    memory, gloss_mask = conditioning()
+    token_mask = torch.arange(24)[None] < torch.tensor([[24], [15]])  # 8 and 5 frames of 3 parts
+    cached = model.generate(memory, gloss_mask, token_mask).tokens
+    tokens = torch.full_like(cached, model.pad_id)
+    for n in range(token_mask.shape[1]):  # uncached greedy: full forward over the prefix decoded so far
+        logits = model(tokens[:, : n + 1], token_mask[:, : n + 1], memory, gloss_mask)
+        tokens[:, n] = torch.where(token_mask[:, n], logits[:, n].argmax(-1), model.pad_id)
+    assert torch.equal(cached, tokens)
+
+
 def test_attention_cache_appends_keys():
     torch.manual_seed(0)
     attn = Attention(16, 4).eval()
