@@ -11,6 +11,8 @@ Every run lives in `trainer.default_root_dir` (the YAMLs set `runs/<experiment>`
 What differs from plain LightningCLI, and why:
 - `--ckpt_path last` resolves to `<run>/checkpoints/last.ckpt` and fails with an error naming that
   folder when nothing is there; Lightning would warn and silently train from scratch.
+  `--ckpt_path best` resolves to the run's best checkpoint by the monitored metric, as recorded in
+  `last.ckpt` (Lightning's `best` only works in the process that trained).
 - The resolved config is overwritten on a second run in the same folder (Lightning #7679 makes
   that an error) and is also sent to the W&B run config (Lightning #14628).
 - `WANDB_MODE` from the environment wins over a YAML's `offline: true`.
@@ -87,6 +89,20 @@ def resolve_last_checkpoint(run_dir: str | os.PathLike) -> str:
     return str(candidates[-1])
 
 
+def resolve_best_checkpoint(run_dir: str | os.PathLike) -> str:
+    """The best checkpoint recorded by the run's monitored `checkpoint` callback (its state in
+    `last.ckpt`); an error naming the folder if the run has none. Lightning's own `best` only
+    knows the checkpoints of the current process."""
+    last = resolve_last_checkpoint(run_dir)
+    states = load_checkpoint_file(last, mmap=True).get("callbacks", {})
+    best = [state["best_model_path"] for key, state in states.items()
+            if "'monitor': None" not in key and state.get("best_model_path")]
+    if not best or not Path(best[0]).is_file():
+        raise FileNotFoundError(f"--ckpt_path best: {last} records no best checkpoint that still exists "
+                                f"({best[0] if best else 'no monitored checkpoint'}); use --ckpt_path last")
+    return best[0]
+
+
 class SignLabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         # "omegaconf+" resolves `${...}` once on the merged config, so a command-line override
@@ -153,8 +169,9 @@ class SignLabCLI(LightningCLI):
 
     def _resolve_ckpt_path(self) -> None:
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = resolve_last_checkpoint(self.trainer.default_root_dir)
+        resolve = {"last": resolve_last_checkpoint, "best": resolve_best_checkpoint}.get(config.get("ckpt_path"))
+        if resolve is not None:
+            config["ckpt_path"] = resolve(self.trainer.default_root_dir)
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path()

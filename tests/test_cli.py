@@ -64,11 +64,15 @@ def test_last_checkpoint_follows_the_run_when_the_metric_stops_improving(tmp_pat
     ckpt = torch.load(tmp_path / "runs/tiny/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 24
     assert sorted(p.name for p in (tmp_path / "runs/tiny/checkpoints").glob("epoch*.ckpt")) == ["epoch=0-step=8.ckpt"]
+    # A later process evaluates that best checkpoint by name, not the last one.
+    proc = _ok(run_cli(["test", "--config", TINY, "--checkpoint.mode", "max", "--ckpt_path", "best"], cwd=tmp_path))
+    assert "epoch=0-step=8.ckpt" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_resume_without_checkpoint_names_the_folder(tmp_path):
-    proc = run_cli(["fit", "--config", TINY, "--ckpt_path", "last"], cwd=tmp_path)
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_resume_without_checkpoint_names_the_folder(tmp_path, which):
+    proc = run_cli(["fit", "--config", TINY, "--ckpt_path", which], cwd=tmp_path)
     assert proc.returncode != 0
     expected = str((tmp_path / "runs" / "tiny" / "checkpoints").resolve())
     assert expected in proc.stderr
