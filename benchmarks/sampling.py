@@ -10,9 +10,11 @@ fast tokens are sampled does not depend on what the weights learnt), over a rand
 the length head: the gloss encoder, then the method's sampler through ``decode_length_candidates``
 with one fixed total length, so every method decodes the same frames × parts tokens. VQ-VAE
 decoding is the same for every method and timed apart. Seconds are the median wall time of a few
-runs with torch on 2 threads (the issue's setting), at batch 1 and ``--batch``. ``--compile`` adds
-rows with the CodeUnet ``torch.compile``d in place (diffusion and MP), after checking that it
-returns the eager logits; a compile failure is printed and recorded, not hidden.
+runs with torch on ``--threads`` (default 2, the issue's setting; on a box other jobs keep busy,
+2 threads contend with them and 1 gives steadier numbers), at batch 1 and ``--batch``.
+``--compile`` adds rows with the CodeUnet trunk ``torch.compile``d (diffusion and MP;
+``CodeUnet.compile_trunk``), after checking it returns the eager logits; the compile time is
+recorded, and a compile failure is printed and recorded, not hidden.
 
 WER. For each checkpoint passed, ``lightning test`` runs on the SynthSign test split of the data
 module saved in the checkpoint (the demo YAML's if none was saved) with ``back_translator_ckpt``
@@ -150,17 +152,18 @@ def sample_codes(model: PoseVQDiffusion, gloss_ids: torch.Tensor, gloss_mask: to
     return codes, frame_mask
 
 
-def check_compiled_denoiser(model: PoseVQDiffusion, frames: int) -> None:
-    """The compiled CodeUnet must return the eager logits (``forward`` bypasses the compiled call)."""
+def compile_denoiser(model: PoseVQDiffusion, frames: int) -> None:
+    """``torch.compile`` the CodeUnet trunk in place and check it still returns the eager logits."""
     gloss_ids, gloss_mask, _ = timing_inputs(model, frames, 2)
-    enc = model.encoder(gloss_ids, gloss_mask)
     num_tokens = frames * model.num_parts
     x_t = torch.randint(0, model.num_codes + 1, (2, num_tokens))  # codes and [MASK]
     token_mask = torch.ones(2, num_tokens, dtype=torch.bool)
     t = torch.tensor([model.hparams.num_timesteps, 1])
     with torch.no_grad():
-        eager = model.denoiser.forward(x_t, t, token_mask, **enc.cond)
-        compiled = model.denoiser(x_t, t, token_mask, **enc.cond)
+        cond = model.encoder(gloss_ids, gloss_mask).cond
+        eager = model.denoiser(x_t, t, token_mask, **cond)
+        model.denoiser.compile_trunk()
+        compiled = model.denoiser(x_t, t, token_mask, **cond)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 
@@ -175,6 +178,7 @@ def time_setting(model: PoseVQDiffusion, name: str, frames_list: Sequence[int], 
             run = lambda: sample_codes(model, gloss_ids, gloss_mask, totals)  # noqa: E731
             first_call = timed(run)[0] if compiled else None
             seconds = median_time(run, repeats, 0 if compiled else warmup) / batch
+            print(f"  {frames} frames, batch {batch}: {seconds:.4f} s/sequence", flush=True)  # partial runs tell too
             rows.append({"setting": name, "method": model.hparams.method, "compiled": compiled,
                          "steps": model.sampling_steps(lengths_to_mask(totals[:, 0])), "frames": frames,
                          "batch": batch, "seconds_per_sequence": seconds, "sequences_per_s": 1.0 / seconds,
@@ -195,14 +199,14 @@ def time_vq_decoding(model: PoseVQDiffusion, frames_list: Sequence[int], batches
     return out
 
 
-def timing_rows(args: argparse.Namespace, work_dir: Path) -> tuple[list[dict], str | None]:
-    """Every setting at every size (and compiled CodeUnet rows with ``--compile``); the compile
-    failure message, if any."""
+def timing_rows(args: argparse.Namespace, work_dir: Path) -> tuple[list[dict], dict[str, float], str | None]:
+    """Every setting at every size (and compiled CodeUnet rows with ``--compile``), the seconds
+    each compilation took (setting -> s) and the compile failure message, if any."""
     frames_list, batch = (QUICK_FRAMES, QUICK_BATCH) if args.quick else (FRAMES, args.batch)
     batches = sorted({1, batch})
     repeats, warmup = (1, 0) if args.quick else (REPEATS, 1)
     vqvae_ckpt = random_vqvae_checkpoint(work_dir / "vqvae.ckpt", args.quick)
-    rows, compile_error = [], None
+    rows, compile_seconds, compile_error = [], {}, None
     models = [(setting, random_generator(setting, vqvae_ckpt, args.quick)) for setting in SETTINGS]
     for setting, model in models:
         print(f"timing {setting.name(model)} ...", flush=True)
@@ -210,11 +214,10 @@ def timing_rows(args: argparse.Namespace, work_dir: Path) -> tuple[list[dict], s
     if args.compile:
         for setting, model in models:
             if setting.method == "autoregressive" or compile_error is not None:
-                continue  # the AR decoder steps one token at a time: no CodeUnet to compile
+                continue  # the AR decoder has no CodeUnet (and steps one token at a time)
             print(f"timing {setting.name(model)} with torch.compile ...", flush=True)
             try:
-                model.denoiser.compile()  # in place: checkpoint keys unchanged
-                check_compiled_denoiser(model, frames_list[0])
+                compile_seconds[setting.name(model)] = timed(lambda: compile_denoiser(model, frames_list[0]))[0]
                 rows += time_setting(model, setting.name(model) + " +compile", frames_list, batches, repeats,
                                      warmup, compiled=True)
             except Exception as error:  # e.g. no C++ toolchain for inductor: report it, keep the eager rows
@@ -226,7 +229,7 @@ def timing_rows(args: argparse.Namespace, work_dir: Path) -> tuple[list[dict], s
         key = (row["frames"], row["batch"])
         row["speedup_vs_ar"] = row["sequences_per_s"] / ar[key]
         row["vq_decode_s_per_sequence"] = decoding[key]
-    return rows, compile_error
+    return rows, compile_seconds, compile_error
 
 
 # ---- back-translation WER -------------------------------------------------------------------------
@@ -323,12 +326,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     try:
         with tempfile.TemporaryDirectory() as work_dir:
-            timing, compile_error = timing_rows(args, Path(work_dir))
+            timing, compile_seconds, compile_error = timing_rows(args, Path(work_dir))
         timing_threads = torch.get_num_threads()
         wer = back_translation_rows(checkpoints, args.back_translator, args.out)
     finally:
         torch.set_num_threads(threads)  # callers (the tests) keep their own setting
-    print_table(f"\nToken sampling, torch threads {timing_threads} (VQ decoding apart; speed-up = sequences/s over AR's)",
+    print_table(f"\nToken sampling, torch threads {timing_threads} "
+                "(VQ decoding apart; x AR = sequences/s over AR's)",
                 timing, [("setting", "setting", "s"), ("frames", "frames", "d"), ("batch", "batch", "d"),
                          ("steps", "steps", "d"), ("seconds_per_sequence", "s/seq", ".4f"),
                          ("sequences_per_s", "seq/s", ".2f"), ("speedup_vs_ar", "x AR", ".2f"),
@@ -340,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     [("setting", "setting", "s"), ("steps", "steps", "g"), ("wer", "WER", ".2f"),
                      ("bleu4", "BLEU-4", ".2f"), ("dtw_mje", "DTW-MJE", ".3f"), ("gt_wer", "GT WER", ".2f"),
                      ("seconds_per_sequence", "s/seq", ".3g"), ("num_samples", "samples", "g")])
-    result = {"quick": args.quick, "threads": timing_threads, "compile": args.compile, "compile_error": compile_error,
+    result = {"quick": args.quick, "threads": timing_threads, "compile": args.compile,
+              "compile_seconds": compile_seconds, "compile_error": compile_error,
               "gloss_frames": GLOSS_FRAMES, "timing": timing, "back_translation": wer, "goal": goal(timing, wer)}
     write_results("sampling", args.out, result)
     return result

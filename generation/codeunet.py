@@ -173,8 +173,23 @@ class CodeUnet(nn.Module):
         frame_mask = token_mask.view(batch, frames, self.num_parts).any(dim=-1)  # (B, T)
         frame_mask = F.pad(frame_mask, (0, padded - frames), value=False)  # (B, T')
         h = self.embed(x).unflatten(1, (padded, self.num_parts))  # (B, T', P, d)
-        cond = {"memory": gloss_memory, "memory_mask": gloss_mask, "t_emb": self.time(t)}
+        h = self.trunk(h, frame_mask, gloss_memory, gloss_mask, self.time(t))
+        return self.head(self.norm(h.flatten(1, 2)))[:, :num_tokens]  # crop the internal padding
 
+    def trunk(
+        self,
+        h: torch.Tensor,
+        frame_mask: torch.Tensor,
+        gloss_memory: torch.Tensor,
+        gloss_mask: torch.Tensor,
+        t_emb: torch.Tensor,
+    ) -> torch.Tensor:
+        """The U of CodeUnet on embedded frames h (B, T', P, d), T' a multiple of 2^levels -> (B, T', P, d).
+
+        Kept apart from the embeddings (whose id checks read tensor values) and the per-part head
+        (boolean indexing), which break a `torch.compile` graph: `compile_trunk` compiles this.
+        """
+        cond = {"memory": gloss_memory, "memory_mask": gloss_mask, "t_emb": t_emb}
         skips = []
         for lvl, blocks in enumerate(self.down):
             for i, block in enumerate(blocks):
@@ -194,7 +209,12 @@ class CodeUnet(nn.Module):
                     h = self._attend(block, q, skip, frame_mask, **cond)
                 else:
                     h = self._attend(block, h, None, frame_mask, **cond)
-        return self.head(self.norm(h.flatten(1, 2)))[:, :num_tokens]  # crop the internal padding
+        return h
+
+    def compile_trunk(self, **compile_kwargs) -> None:
+        """`torch.compile` the trunk in place (state_dict keys unchanged). Dynamic shapes by default:
+        sampled lengths and batch sizes vary, and one graph then serves them all."""
+        self.trunk = torch.compile(self.trunk, **({"dynamic": True} | compile_kwargs))
 
 
 class TransformerDenoiser(nn.Module):

@@ -112,6 +112,7 @@ class PoseVQDiffusion(LightningModule):
         warmup_steps: int = 5000,  # linear warm-up iterations, §4.1
         min_lr_ratio: float = 1.0,  # cosine floor after warm-up; 1.0 = constant lr (§4.1 names no decay)
         num_logged_samples: int = 3,  # dev samples generated and drawn each validation
+        compile_denoiser: bool = False,  # torch.compile the CodeUnet trunk (benchmarks/sampling.py --compile)
         back_translator_ckpt: str | None = None,
         language: str = "de",  # back-translation text language (BLEU tokenisation)
         report_dir: str | None = None,  # default <run>/report
@@ -124,6 +125,9 @@ class PoseVQDiffusion(LightningModule):
             raise ValueError(f"PoseVQDiffusion: denoiser must be one of {DENOISERS}, got {denoiser!r}")
         if guidance_scale is not None and method != "diffusion":
             raise ValueError(f"PoseVQDiffusion: guidance_scale needs method='diffusion', got {method!r}")
+        if compile_denoiser and (denoiser != "codeunet" or method == "autoregressive"):
+            raise ValueError(f"PoseVQDiffusion: compile_denoiser compiles the CodeUnet trunk; got "
+                             f"method={method!r}, denoiser={denoiser!r}")
         if length_candidates < 1 or max_length < 1:
             raise ValueError(f"PoseVQDiffusion: length_candidates and max_length must be >= 1, "
                              f"got {length_candidates}, {max_length}")
@@ -139,6 +143,8 @@ class PoseVQDiffusion(LightningModule):
             if denoiser == "codeunet":
                 self.denoiser = CodeUnet(k, p, d_model, heads, num_levels, blocks_per_level, middle_blocks,
                                          ff_mult, dropout, num_timesteps)
+                if compile_denoiser:
+                    self.denoiser.compile_trunk()
             else:
                 self.denoiser = TransformerDenoiser(k, p, d_model, heads, depth, ff_mult, dropout, num_timesteps)
             if method == "diffusion":

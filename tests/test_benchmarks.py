@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
+from lightning.pytorch import Trainer
 
-from benchmarks import data_loading, hyperbolic_overhead
+from benchmarks import data_loading, hyperbolic_overhead, sampling
 from benchmarks.common import print_table
 
 
@@ -56,3 +59,92 @@ def test_print_table_aligns_columns(capsys):
     assert lines[0] == "t"
     assert len({len(line) for line in lines[1:]}) == 1  # header and rows share the widths
     assert lines[2].endswith("1.2") and lines[3].split() == ["long", "10.0"]
+
+
+def _save_unfitted(module, path) -> str:
+    trainer = Trainer(logger=False, accelerator="cpu", devices=1, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=path.parent)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def production_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Tiny generators fitted for one step on a 3-sequence SynthSign test split (so their
+    checkpoints carry the data module, as the CLI's do) and an untrained back-translator."""
+    from datamodules.production import GlossToPoseDataModule
+    from lightning_modules.back_translator import BackTranslator
+    from lightning_modules.posevq_diffusion import PoseVQDiffusion
+
+    root = tmp_path_factory.mktemp("sampling")
+    vqvae = sampling.random_vqvae_checkpoint(root / "vqvae.ckpt", quick=True)
+    data = dict(data_dir=str(root / "synthsign"), batch_size=2, max_frames=64,
+                synthsign_kwargs={"num_train": 4, "num_dev": 2, "num_test": 3})
+    paths = {}
+    for method, flag in sampling.CHECKPOINT_FLAGS.items():
+        torch.manual_seed(0)
+        model = PoseVQDiffusion(vqvae, method=method, **sampling.QUICK_MODEL, max_length=64, mp_iterations=3,
+                                length_candidates=1, knn_k=2, knn_l=2, warmup_steps=1, num_logged_samples=0)
+        trainer = Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                          default_root_dir=root / flag)
+        trainer.fit(model, datamodule=GlossToPoseDataModule(**data))
+        paths[flag] = str(root / f"{flag}.ckpt")
+        trainer.save_checkpoint(paths[flag])
+    bt = BackTranslator(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0, max_text_len=8,
+                        beam_size=1)
+    paths["back-translator"] = _save_unfitted(bt, root / "bt.ckpt")
+    return paths
+
+
+@pytest.mark.slow  # three one-step fits, five `lightning test` runs and the quick timing: ~20 s
+def test_sampling_quick_times_every_sampler_and_back_translates_every_checkpoint(
+        production_checkpoints, tmp_path, capsys):
+    args = ["--quick", "--out", str(tmp_path)]
+    for flag, path in production_checkpoints.items():
+        args += [f"--{flag}", path]
+    sampling.main(args)
+    result = json.loads((tmp_path / "sampling.json").read_text())
+    assert result["quick"] is True and result["compile_error"] is None
+    names = ["PoseVQ-Diffusion 100 steps (T)", "PoseVQ-Diffusion 20 steps", "PoseVQ-Diffusion 10 steps",
+             "PoseVQ-MP 10 it.", "PoseVQ-AR (KV cache)"]
+    timing = {(r["setting"], r["frames"], r["batch"]): r for r in result["timing"]}
+    assert set(timing) == {(n, f, b) for n in names for f in sampling.QUICK_FRAMES for b in (1, sampling.QUICK_BATCH)}
+    for (name, frames, batch), row in timing.items():
+        ar = timing["PoseVQ-AR (KV cache)", frames, batch]
+        assert row["sequences_per_s"] == pytest.approx(1 / row["seconds_per_sequence"])
+        assert row["speedup_vs_ar"] == pytest.approx(row["sequences_per_s"] / ar["sequences_per_s"])
+        assert row["vq_decode_s_per_sequence"] > 0 and row["compiled"] is False
+        # network evaluations: denoising steps, Mask-Predict iterations, or one per AR token (frames x 3 parts)
+        expected = {"diffusion": lambda: int(name.split()[1]), "mask_predict": lambda: 10,
+                    "autoregressive": lambda: 3 * frames}[row["method"]]()
+        assert row["steps"] == expected
+
+    rows = {r["setting"]: r for r in result["back_translation"]}
+    assert set(rows) == {"PoseVQ-Diffusion 100 steps (T)", "PoseVQ-Diffusion 20 steps", "PoseVQ-Diffusion 10 steps",
+                         "PoseVQ-MP 3 it.", "PoseVQ-AR (KV cache)"}
+    for name, row in rows.items():
+        assert row["num_samples"] == 3  # the whole test split, each sequence once
+        assert row["wer"] >= 0 and 0 <= row["bleu4"] <= 100 and row["dtw_mje"] >= 0
+        assert row["gt_wer"] == rows["PoseVQ-AR (KV cache)"]["gt_wer"]  # same back-translator, same references
+        report = Path(row["report"])
+        assert report.parent.parent == tmp_path / "sampling_reports" and name.split()[0] in report.read_text()
+    assert [rows[n]["steps"] for n in names[:3]] == [100, 20, 10] and rows["PoseVQ-MP 3 it."]["steps"] == 3
+    goal = result["goal"]
+    assert goal["frames"] == max(sampling.QUICK_FRAMES) and goal["steps"] == 10
+    assert goal["wer"] == rows["PoseVQ-Diffusion 10 steps"]["wer"]
+    assert goal["ar_wer"] == rows["PoseVQ-AR (KV cache)"]["wer"]
+    assert goal["wer_no_worse"] == (goal["wer"] <= goal["ar_wer"])
+    _machine_ok(result["machine"])
+    out = capsys.readouterr().out
+    assert "x AR" in out and "BLEU-4" in out
+
+
+def test_sampling_refuses_a_checkpoint_of_another_method(production_checkpoints, tmp_path):
+    with pytest.raises(ValueError, match=r"mp\.ckpt.*'mask_predict'.*--ar"):
+        sampling.main(["--quick", "--out", str(tmp_path), "--ar", production_checkpoints["mp"],
+                       "--back-translator", production_checkpoints["back-translator"]])
+    with pytest.raises(SystemExit):  # the WER needs the back-translator
+        sampling.main(["--quick", "--out", str(tmp_path), "--ar", production_checkpoints["ar"]])
+    assert not (tmp_path / "sampling.json").exists()

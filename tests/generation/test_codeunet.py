@@ -87,6 +87,21 @@ def test_codeunet_halves_the_frame_rate_per_level():
     assert seen == [4 * 3]  # 13 frames padded to 16, two halvings -> 4 frames × 3 parts
 
 
+@pytest.mark.slow  # Dynamo tracing of the 2-level U: ~20 s on 2 shared cores
+def test_compiled_trunk_is_one_graph_and_returns_the_eager_logits():
+    """`compile_trunk` (the sampling benchmark's torch.compile hook) must trace the U as a single
+    graph, keep the parameters' names and change no logit. The eager backend checks the tracing
+    alone; static shapes keep it short (the benchmark times inductor with dynamic shapes)."""
+    model = make("unet", 3)
+    keys = list(model.state_dict())
+    batch = inputs([7, 5], 3)
+    with torch.no_grad():
+        eager = model(*batch)
+        model.compile_trunk(backend="eager", fullgraph=True, dynamic=False)  # fullgraph: a graph break raises
+        torch.testing.assert_close(model(*batch), eager)
+    assert list(model.state_dict()) == keys
+
+
 def test_bad_inputs_raise():
     model = make("unet", 3)
     x, t, token_mask, memory, gloss_mask = inputs([4, 4], 3)

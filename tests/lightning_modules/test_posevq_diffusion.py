@@ -244,3 +244,12 @@ def test_bad_configuration_errors_name_the_problem(vqvae_ckpt, tmp_path):
         _model(vqvae_ckpt, method="autoregressive", guidance_scale=2.0)
     with pytest.raises(ValueError, match="steps"):
         _model(vqvae_ckpt, sample_steps=50)  # more than T = 10
+    with pytest.raises(ValueError, match="compile_denoiser"):
+        _model(vqvae_ckpt, method="autoregressive", compile_denoiser=True)
+
+
+def test_compile_denoiser_wraps_the_trunk_and_keeps_checkpoint_keys(vqvae_ckpt):
+    eager, compiled = _model(vqvae_ckpt), _model(vqvae_ckpt, compile_denoiser=True)
+    assert hasattr(compiled.denoiser.trunk, "_torchdynamo_orig_callable")  # torch.compile's wrapper
+    assert not hasattr(eager.denoiser.trunk, "_torchdynamo_orig_callable")
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints stay interchangeable
