@@ -9,6 +9,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# A seconds-sized Geo-Sign model, merged over a demo config by the CLI tests (the `model:` section).
+TINY_GEOSIGN_MODEL = """\
+model:
+  init_args:
+    mt5_config: {d_model: 32, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
+                 d_kv: 16, dropout_rate: 0.1, vocab_size: 256}
+    encoder: {hidden: [8, 8, 16, 16], temporal_blocks: 1}
+    hyp_dim: 16
+    num_beams: 1
+    max_new_tokens: 5
+"""
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_modules.checkpoint_io import load_checkpoint_file
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, TINY_GEOSIGN_MODEL, run_cli
 from tests.wandb_offline import offline_runs
 
 GEOSIGN_TOKEN = str(REPO / "experiments" / "demo" / "geosign_token.yaml")
@@ -25,15 +25,7 @@ trainer:
   deterministic: true
 step_checkpoint:
   every_n_train_steps: 2
-model:
-  init_args:
-    mt5_config: {d_model: 32, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-                 d_kv: 16, dropout_rate: 0.1, vocab_size: 256}
-    encoder: {hidden: [8, 8, 16, 16], temporal_blocks: 1}
-    hyp_dim: 16
-    num_beams: 1
-    max_new_tokens: 5
-data:
+""" + TINY_GEOSIGN_MODEL + """data:
   init_args:
     max_len: 32
     batch_size: 4

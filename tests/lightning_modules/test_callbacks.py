@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_modules.callbacks import NonFiniteGuard, ResumeState, grads_finite, rng_state, set_rng_state
 from lightning_modules.checkpoint_io import (AtomicCheckpointIO, CorruptCheckpointError, atomic_torch_save,
                                              load_checkpoint_file)
+from tests.conftest import TINY_GEOSIGN_MODEL
 
 
 def _draws() -> tuple:
@@ -166,15 +167,7 @@ BAD_DATA = """
 trainer:
   max_epochs: 1
   enable_progress_bar: false
-model:
-  init_args:
-    mt5_config: {d_model: 32, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-                 d_kv: 16, dropout_rate: 0.1, vocab_size: 256}
-    encoder: {hidden: [8, 8, 16, 16], temporal_blocks: 1}
-    hyp_dim: 16
-    num_beams: 1
-    max_new_tokens: 5
-data:
+""" + TINY_GEOSIGN_MODEL + """data:
   init_args:
     dataset: csl_daily                   # the real-data readers, on a copy of a tiny SynthSign
     label_dir: bad
