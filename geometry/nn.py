@@ -33,28 +33,53 @@ def _tau_logit(tau: float, name: str) -> float:
 
 
 class HyperbolicProjection(nn.Module):
-    """h = exp_0(clip(s · W f)), s = exp(log_scale) (supplement Eq. 2, listing 4, F.2 clipping).
+    """h = exp_0(clip(s · (W f + b))), s = exp(log_scale) (supplement Eq. 2, listing 4, F.2 clipping).
 
     (..., dim_in) → (..., dim_out) points in the ball, float32 (float64 for a float64 model).
-    Hyperbolic-branch parameters: `log_scale` (and the shared curvature). `proj` is Euclidean.
+    With `groups=G` it holds G independent projections (Geo-Sign's one per body part) and maps
+    (G, ..., dim_in) → (G, ..., dim_out) in one batched matmul and one pass of the geometry,
+    instead of G small passes whose per-op overhead dominates at these sizes.
+    Hyperbolic-branch parameter: `log_scale` (and the shared curvature); `weight` and `bias`
+    are the Euclidean map (the Linear's output follows the caller's autocast).
     """
 
-    def __init__(self, dim_in: int, dim_out: int, curvature: Curvature, init_scale: float = 1.0) -> None:
+    def __init__(self, dim_in: int, dim_out: int, curvature: Curvature, init_scale: float = 1.0,
+                 groups: int | None = None) -> None:
         super().__init__()
         if init_scale <= 0:
             raise ValueError(f"HyperbolicProjection: init_scale must be positive, got {init_scale}")
-        self.curvature = curvature
-        self.proj = nn.Linear(dim_in, dim_out)
+        if groups is not None and groups < 1:
+            raise ValueError(f"HyperbolicProjection: groups must be None or >= 1, got {groups}")
+        self.curvature, self.groups, self.dim_in = curvature, groups, dim_in
+        lead = () if groups is None else (groups,)
+        self.weight = nn.Parameter(torch.empty(*lead, dim_out, dim_in))
+        self.bias = nn.Parameter(torch.empty(*lead, dim_out))
+        for w, b in zip(self.weight.view(-1, dim_out, dim_in), self.bias.view(-1, dim_out)):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's default initialisation, per group
+            nn.init.uniform_(b, -dim_in ** -0.5, dim_in ** -0.5)
         # log s_p, Eq. 2. Listing 4 starts at s = 1, where wide features usually exceed the F.2 clip
         # radius 1/√c, so every point starts on the same sphere; MERU starts at s = dim**-0.5.
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.log_scale = nn.Parameter(torch.full(lead, math.log(init_scale)))
+
+    def linear(self, x: Tensor) -> Tensor:
+        """The Euclidean part W f + b: (..., dim_out), or (G, ..., dim_out) when grouped."""
+        grouped = self.groups is not None
+        if x.shape[-1] != self.dim_in or (grouped and (x.ndim < 2 or x.shape[0] != self.groups)):
+            lead = "" if not grouped else f"{self.groups}, "
+            raise ValueError(f"HyperbolicProjection: expected ({lead}..., {self.dim_in}), got {tuple(x.shape)}")
+        if not grouped:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(self.groups, -1, self.dim_in)  # (G, N, dim_in)
+        v = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))  # (G, N, dim_out)
+        return v.reshape(*x.shape[:-1], -1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.proj.in_features:
-            raise ValueError(f"HyperbolicProjection: expected (..., {self.proj.in_features}), got {tuple(x.shape)}")
-        v = self.proj(x)  # (..., dim_out), in the caller's autocast dtype
+        v = self.linear(x)  # in the caller's autocast dtype
         c = self.curvature()
-        v = v.to(compute_dtype(v, c)) * self.log_scale.exp()
+        scale = self.log_scale.exp()
+        if self.groups is not None:
+            scale = scale.view(-1, *[1] * (v.ndim - 1))  # (G, 1, ..., 1)
+        v = v.to(compute_dtype(v, c)) * scale
         return expmap0(clip_tangent(v, c), c)
 
 
@@ -106,6 +131,8 @@ class HyperbolicAttention(nn.Module):
 class HyperbolicContrastiveLoss(nn.Module):
     """Hyperbolic InfoNCE (main-paper Eq. 5, listing 8): row i of x is positive with row i of y.
 
+    x, y (B, D), or (G, B, D) for G independent problems solved in one pass (the token method's
+    four parts); the loss is then the mean over groups, each contrasting within its own group.
     logits_ij = −d(x_i, y_j)/τ + m·[i ≠ j], cross-entropy with label smoothing. Returns
     (loss, {"tau", "margin", "pos_dist"}) with detached logging values.
 
@@ -137,30 +164,33 @@ class HyperbolicContrastiveLoss(nn.Module):
         self.margin = nn.Parameter(torch.tensor(float(init_margin)))  # m, learnable, Table 3
 
     def _targets(self, y: Tensor) -> tuple[Tensor, int]:
-        """All candidate targets (M, D) and the offset of this rank's rows among them."""
+        """All candidate targets (..., M, D) and the offset of this rank's rows among them."""
         if not (self.gather_negatives and dist_.is_available() and dist_.is_initialized()):
             return y, 0
         from torch.distributed.nn.functional import all_gather  # autograd-aware collective
 
         gathered = all_gather(y.contiguous())
-        return torch.cat(gathered, dim=0), dist_.get_rank() * y.shape[0]
+        return torch.cat(gathered, dim=-2), dist_.get_rank() * y.shape[-2]
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        if x.ndim != 2 or x.shape != y.shape:
-            raise ValueError(f"HyperbolicContrastiveLoss: x and y must both be (B, D), got {tuple(x.shape)} and {tuple(y.shape)}")
+        if x.ndim not in (2, 3) or x.shape != y.shape:
+            raise ValueError(f"HyperbolicContrastiveLoss: x and y must both be (B, D) or (G, B, D), "
+                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
         c = self.curvature()
         tau = _bounded_tau(self.tau_logit)
         margin = self.margin.clamp_min(0.0)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pos = dist(x, y, c)  # (B,) exact, from direct differences
+            pos = dist(x, y, c)  # (..., B) exact, from direct differences
             logs = {"tau": tau.detach(), "margin": margin.detach(), "pos_dist": pos.mean().detach()}
             targets, offset = self._targets(y)
-            if targets.shape[0] == 1:  # no negatives: a zero that keeps every input in the graph
+            if targets.shape[-2] == 1:  # no negatives: a zero that keeps every input in the graph
                 return (pos.sum() + tau + margin) * 0.0, logs
-            labels = torch.arange(x.shape[0], device=x.device) + offset  # (B,)
-            d = pairwise_dist(x, targets, c)  # (B, M)
-            d = d.scatter(1, labels.unsqueeze(1), pos.unsqueeze(1))
-            negative = torch.ones_like(d).scatter(1, labels.unsqueeze(1), 0.0)
+            labels = (torch.arange(x.shape[-2], device=x.device) + offset).expand(pos.shape)  # (..., B)
+            d = pairwise_dist(x, targets, c)  # (..., B, M)
+            d = d.scatter(-1, labels.unsqueeze(-1), pos.unsqueeze(-1))
+            negative = torch.ones_like(d).scatter(-1, labels.unsqueeze(-1), 0.0)
             logits = -d / tau.to(d.dtype) + margin.to(d.dtype) * negative
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            # equal B per group, so the mean over all rows is the mean of the per-group losses
+            loss = F.cross_entropy(logits.reshape(-1, d.shape[-1]), labels.reshape(-1),
+                                   label_smoothing=self.label_smoothing)
         return loss, logs

@@ -233,7 +233,7 @@ class GeoSignTranslator(LightningModule):
 
         pooled = torch.cat(self._disk_points)[: self.hparams.max_disk_points].to(self.device)  # (N, P, C)
         with torch.no_grad():
-            h = torch.stack([self.hyperbolic.part_proj[p](pooled[:, i]) for i, p in enumerate(PART_NAMES)], 1)
+            h = self.hyperbolic.part_proj(pooled.transpose(0, 1)).transpose(0, 1)  # (N, P, D)
             fig = poincare_disk_figure(h.cpu(), self.hyperbolic.curvature().detach().cpu(), PART_NAMES,
                                        title=f"part embeddings, epoch {self.current_epoch}")
         log_figure(self, "val/poincare_disk", fig)

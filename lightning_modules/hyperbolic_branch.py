@@ -60,8 +60,8 @@ class HyperbolicBranch(nn.Module):
         self.frechet_temperature = frechet_temperature
         self.frechet_iters = frechet_iters
         self.curvature = Curvature(init_c, learnable=learn_c)
-        self.part_proj = nn.ModuleDict({p: HyperbolicProjection(part_dim, hyp_dim, self.curvature, init_scale)
-                                        for p in PART_NAMES})
+        # one projection per part (Eq. 2's W_p, s_p), evaluated for all parts in one batched pass
+        self.part_proj = HyperbolicProjection(part_dim, hyp_dim, self.curvature, init_scale, groups=len(PART_NAMES))
         self.text_proj = HyperbolicProjection(text_dim, hyp_dim, self.curvature, init_scale)
         self.attention = HyperbolicAttention(hyp_dim, self.curvature) if mode == "token" else None
         self.contrastive = HyperbolicContrastiveLoss(self.curvature, label_smoothing=label_smoothing,
@@ -71,7 +71,8 @@ class HyperbolicBranch(nn.Module):
         """h_p = HyperbolicProjection_p(masked temporal mean of part p): (B, P, hyp_dim).
 
         The mean skips padded frames (the released code averages them in)."""
-        return torch.stack([self.part_proj[p](masked_mean(part_features[p], frame_mask)) for p in PART_NAMES], dim=1)
+        pooled = torch.stack([masked_mean(part_features[p], frame_mask) for p in PART_NAMES])  # (P, B, part_dim)
+        return self.part_proj(pooled).transpose(0, 1)  # (B, P, D)
 
     def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
                 target_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -88,9 +89,8 @@ class HyperbolicBranch(nn.Module):
         else:
             tokens = self.text_proj(decoder_hidden)  # (B, L, D)
             contexts, _ = self.attention(h_parts, tokens, target_mask)  # (B, P, D)
-            per_part = [self.contrastive(h_parts[:, i], contexts[:, i]) for i in range(len(PART_NAMES))]
-            loss = torch.stack([l for l, _ in per_part]).mean()  # averaged over parts, C.2.2 step 4
-            stats = {k: torch.stack([s[k] for _, s in per_part]).mean() for k in per_part[0][1]}
+            # each part contrasts against its own contexts; averaged over parts, C.2.2 step 4
+            loss, stats = self.contrastive(h_parts.transpose(0, 1), contexts.transpose(0, 1))  # (P, B, D) each
             logs["tau_attn"] = self.attention.tau_attn
         logs.update(stats)
         logs["curvature"] = c

@@ -33,9 +33,10 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     assert variants == {(m, v) for m in ("pooled", "token") for v in ("ours", "listings (geoopt)")}
     for row in result["branch_rows"]:
         assert row["fwd_bwd_ms"] > 0 and row["speedup_vs_listings"] > 0
+        assert row["euclidean_ms"] > 0 and row["geometry_speedup"] > 0
     _machine_ok(result["machine"])
     out = capsys.readouterr().out
-    assert "x baseline" in out and "x vs listings" in out
+    assert "x baseline" in out and "x vs listings" in out and "x geometry only" in out
 
 
 def test_data_loading_quick_writes_json(tmp_path, capsys):

@@ -47,12 +47,35 @@ def test_projection_is_eq2_with_tangent_clipping():
     f = torch.randn(3, 5, 12) * 10
     h = proj(f)
     assert h.shape == (3, 5, 8) and h.dtype == torch.float32
-    v = proj.proj(f).double() * torch.e ** 0.5
+    v = proj.linear(f).double() * torch.e ** 0.5
     v = v / (1.5 ** 0.5 * v.norm(dim=-1, keepdim=True) + 1e-5).clamp_min(1)  # F.2 clip
     torch.testing.assert_close(h.double(), ref.expmap0(v, 1.5), atol=1e-6, rtol=1e-5)
     # clipping bounds √c·‖v‖ by 1, so d(0, h) ≤ 2/√c
     assert (dist0(h, cur()) <= 2 / 1.5 ** 0.5 + 1e-4).all()
     assert proj.double()(f.double()).dtype == torch.float64
+
+
+def test_grouped_projection_equals_one_projection_per_group():
+    cur = Curvature(1.5)
+    torch.manual_seed(0)
+    grouped = HyperbolicProjection(12, 8, cur, groups=3)
+    with torch.no_grad():
+        grouped.log_scale.copy_(torch.tensor([-1.0, 0.0, 0.5]))
+    f = torch.randn(3, 4, 5, 12) * 3  # (G, B, T, dim_in)
+    h = grouped(f)
+    assert h.shape == (3, 4, 5, 8)
+    for g in range(3):
+        single = HyperbolicProjection(12, 8, cur)
+        with torch.no_grad():
+            for name in ("weight", "bias", "log_scale"):
+                getattr(single, name).copy_(getattr(grouped, name)[g])
+        torch.testing.assert_close(h[g], single(f[g]), atol=1e-6, rtol=1e-5)
+    # the groups share nothing but the curvature: a loss on group 0 leaves groups 1, 2 untouched
+    grouped(f)[0].sum().backward()
+    assert grouped.weight.grad[0].abs().sum() > 0 and grouped.weight.grad[1:].abs().sum() == 0
+    assert grouped.log_scale.grad[1:].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"\(3, \.\.\., 12\)"):
+        grouped(torch.randn(2, 5, 12))  # wrong group count
 
 
 def _attention_reference(att: HyperbolicAttention, q, tok, mask, c):
@@ -134,6 +157,19 @@ def test_contrastive_loss_matches_reference_and_logs():
     with torch.no_grad():
         crit.margin.fill_(-1.0)  # the margin in use is never negative
     assert crit(x, y)[1]["margin"].item() == 0.0
+
+
+def test_grouped_contrastive_loss_is_the_mean_over_groups():
+    crit = HyperbolicContrastiveLoss(Curvature(1.5), label_smoothing=0.2, init_margin=0.3)
+    x = expmap0(torch.randn(4, 6, 8), 1.5)  # (G, B, D): 4 parts, 6 samples
+    y = expmap0(torch.randn(4, 6, 8), 1.5)
+    loss, logs = crit(x, y)
+    per_group = [crit(x[g], y[g]) for g in range(4)]
+    assert loss.item() == pytest.approx(torch.stack([l for l, _ in per_group]).mean().item(), rel=1e-6)
+    assert logs["pos_dist"].item() == pytest.approx(torch.stack([s["pos_dist"] for _, s in per_group]).mean().item(),
+                                                    rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(G, B, D\)"):
+        crit(x, y[:, :5])
 
 
 def test_single_pair_gives_zero_loss_with_graph():

@@ -44,7 +44,7 @@ def test_parameter_split_covers_everything_once():
     hyp = {id(p) for p in model.hyperbolic_parameters()}
     names = {n for n, p in model.named_parameters() if id(p) in hyp}
     for expected in ("hyperbolic.curvature", "hyperbolic.contrastive", "hyperbolic.attention", "blend.logit",
-                     "hyperbolic.part_proj.body.proj.weight", "hyperbolic.text_proj.log_scale"):
+                     "hyperbolic.part_proj.weight", "hyperbolic.text_proj.log_scale"):
         assert any(n.startswith(expected) for n in names), (expected, names)
     assert not any(n.startswith(("lm.", "encoder.")) for n in names)
     assert tiny_model(None).hyperbolic_parameters() == []
