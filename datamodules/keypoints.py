@@ -123,27 +123,26 @@ def sample_frame_indices(num_frames: int, max_len: int, rng: np.random.Generator
     return np.floor(np.linspace(0, num_frames - 1, max_len) + 0.5).astype(np.int64)
 
 
-def body_crop_scale(body: np.ndarray, threshold: float = SCORE_THRESHOLD,
-                    ) -> tuple[np.ndarray, float]:
-    """Uni-Sign's ``crop_scale`` on the body part: (T, 9, 3) xy+score -> normalised, scale.
+# Where each part starts in the 69-node layout (PART_NAMES order): normalise_parts gathers the
+# part nodes once and works on whole arrays.
+_ALL_PART_COCO = np.array([i for name in PART_NAMES for i in PART_COCO[name]])
+_PART_STARTS = np.cumsum([0] + [PART_NODES[n] for n in PART_NAMES])
+_PART_RANGE = {n: (a, b) for n, a, b in zip(PART_NAMES, _PART_STARTS, _PART_STARTS[1:])}
 
-    The square box of side ``scale = max(w, h)`` around all confident points of all frames is
-    mapped to [-1, 1]; points with score <= threshold become (0, 0, 0). Returns
-    ``(zeros, 0.0)`` when fewer than 4 points are confident or the box is degenerate.
+
+def body_crop_box(xy: np.ndarray, score: np.ndarray, threshold: float = SCORE_THRESHOLD,
+                  ) -> tuple[np.ndarray, float]:
+    """Uni-Sign's ``crop_scale`` box: body xy (T, 9, 2), scores (T, 9) -> (corner (2,), scale).
+
+    The square box of side ``scale = max(w, h)`` around all confident points of all frames;
+    ``scale == 0.0`` when fewer than 4 points are confident or the box is degenerate.
     """
-    valid = body[body[..., 2] > threshold][:, :2]  # (N, 2) over every frame
+    valid = xy[score > threshold]  # (N, 2) over every frame
     if len(valid) < MIN_VALID_BODY_POINTS:
-        return np.zeros_like(body), 0.0
+        return np.zeros(2, xy.dtype), 0.0
     lo, hi = valid.min(axis=0), valid.max(axis=0)
     scale = float((hi - lo).max())
-    if scale == 0:
-        return np.zeros_like(body), 0.0
-    corner = (lo + hi - scale) / 2  # top-left of the square box centred on the bbox
-    out = body.copy()
-    out[..., :2] = ((body[..., :2] - corner) / scale - 0.5) * 2
-    out = np.clip(out, -1, 1)
-    out[out[..., 2] <= threshold] = 0
-    return out, scale
+    return (lo + hi - scale) / 2, scale  # top-left corner of the square centred on the bbox
 
 
 def normalise_parts(keypoints: np.ndarray, scores: np.ndarray,
@@ -152,23 +151,27 @@ def normalise_parts(keypoints: np.ndarray, scores: np.ndarray,
 
     keypoints (T, 133, 2) in image-normalised coordinates, scores (T, 133) ->
     ``({"body": (T, 9, 3), "left": (T, 21, 3), "right": (T, 21, 3), "face": (T, 18, 3)}, scale)``
-    float32, channels (x, y, score). The body goes through ``body_crop_scale``; hands and face
-    are taken relative to their anchor node (wrist root, nose tip), divided by the body scale
-    and clipped to [-1, 1]; low-score points are zeroed. ``scale == 0`` means every part is
-    zero (Uni-Sign's behaviour when the body is not confidently detected).
+    float32, channels (x, y, score). The body's square crop box (``body_crop_box``) is mapped
+    to [-1, 1]; hands and face are taken relative to their anchor node (wrist root, nose tip)
+    and divided by the box side; everything is clipped to [-1, 1] and low-score points become
+    (0, 0, 0). ``scale == 0`` means every part is zero (Uni-Sign's behaviour when the body is
+    not confidently detected). xy and scores stay separate contiguous arrays until the last
+    steps: numpy is several times slower on strided (..., :2) views of an (x, y, score) array.
     """
-    xys = np.concatenate([keypoints, scores[..., None]], axis=-1).astype(np.float32)  # (T, 133, 3)
-    body, scale = body_crop_scale(xys[:, BODY_COCO], threshold)
-    parts = {"body": body}
-    for name in ("left", "right", "face"):
-        part = xys[:, PART_COCO[name]].copy()  # (T, V, 3)
-        anchor = PART_ANCHOR[name]
-        part[..., :2] -= part[:, anchor:anchor + 1, :2]
-        if scale == 0:
-            part = np.zeros_like(part)
-        else:
-            part[..., :2] /= scale
-            part = np.clip(part, -1, 1)
-            part[part[..., 2] <= threshold] = 0
-        parts[name] = part
+    xy = np.take(keypoints, _ALL_PART_COCO, axis=1).astype(np.float32, copy=False)  # (T, 69, 2)
+    score = np.take(scores, _ALL_PART_COCO, axis=1).astype(np.float32, copy=False)  # (T, 69)
+    b0, b1 = _PART_RANGE["body"]
+    corner, scale = body_crop_box(xy[:, b0:b1], score[:, b0:b1], threshold)
+    if scale == 0:
+        out = np.zeros((*xy.shape[:2], 3), np.float32)
+    else:
+        xy[:, b0:b1] = ((xy[:, b0:b1] - corner) / scale - 0.5) * 2
+        for name, anchor in PART_ANCHOR.items():
+            a, b = _PART_RANGE[name]
+            xy[:, a:b] -= xy[:, a + anchor:a + anchor + 1]  # numpy buffers the overlap: the anchor becomes 0
+            xy[:, a:b] /= scale
+        out = np.stack([xy[..., 0], xy[..., 1], score], axis=-1)  # (T, 69, 3)
+        np.clip(out, -1, 1, out=out)  # Uni-Sign clips the score channel too
+        out = np.where(out[..., 2:] <= threshold, np.float32(0), out)
+    parts = {n: np.ascontiguousarray(out[:, a:b]) for n, (a, b) in _PART_RANGE.items()}
     return parts, scale
