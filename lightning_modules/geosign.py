@@ -257,11 +257,14 @@ class GeoSignTranslator(LightningModule):
                        {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         optimizers = [adamw]
         if hyp_ids:
-            hyp = [p for p in self.hyperbolic_parameters() if p.requires_grad]
-            # Matrices get weight decay; curvature, τ, margin, α and the log-scales never do.
-            optimizers.append(RiemannianAdam([{"params": [p for p in hyp if p.dim() >= 2], "weight_decay": hp.weight_decay},
-                                              {"params": [p for p in hyp if p.dim() < 2], "weight_decay": 0.0}],
-                                             lr=hp.hyp_lr))
+            hyp = [(n, p) for n, p in self.named_parameters() if id(p) in hyp_ids and p.requires_grad]
+            # Matrices get weight decay; biases (the grouped part projection's are 2-D), curvature,
+            # τ, margin, α and the log-scales never do.
+            matrix = [p.dim() >= 2 and not n.endswith("bias") for n, p in hyp]
+            optimizers.append(RiemannianAdam([{"params": [p for (_, p), m in zip(hyp, matrix) if m],
+                                               "weight_decay": hp.weight_decay},
+                                              {"params": [p for (_, p), m in zip(hyp, matrix) if not m],
+                                               "weight_decay": 0.0}], lr=hp.hyp_lr))
         optimizer = JointOptimizer(optimizers)
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1

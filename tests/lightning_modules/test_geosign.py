@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,6 +49,13 @@ def test_parameter_split_covers_everything_once():
         assert any(n.startswith(expected) for n in names), (expected, names)
     assert not any(n.startswith(("lm.", "encoder.")) for n in names)
     assert tiny_model(None).hyperbolic_parameters() == []
+    # weight decay on the branch's matrices only: never a bias (the grouped part projection's is 2-D)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)  # what the schedule reads
+    decayed, plain = model.configure_optimizers()["optimizer"].optimizers[1].param_groups
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] > 0 and plain["weight_decay"] == 0.0
+    assert {by_id[id(p)] for p in decayed["params"]} == {
+        "hyperbolic.part_proj.weight", "hyperbolic.text_proj.weight", "hyperbolic.attention.M_key"}
 
 
 def test_alpha_schedule_formula():
