@@ -132,15 +132,19 @@ class STGCNBlock(nn.Module):
             raise ValueError(f"temporal_kernel must be odd and positive (same-length padding), got {temporal_kernel}")
         self.gcn = GraphConv(in_channels, out_channels, A)
         self.bn = nn.BatchNorm2d(out_channels)
+        # The temporal and residual convs feed a BatchNorm, which subtracts any bias again: a bias
+        # there only gets a rounding-noise gradient, which Adam normalises into lr-sized random
+        # steps (and breaks bit-exact resume). So they have none; the BatchNorm shift is the bias.
         self.tcn = None
         if temporal_kernel > 1:
             self.tcn = nn.Sequential(
-                nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), padding=(temporal_kernel // 2, 0)),
+                nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), padding=(temporal_kernel // 2, 0),
+                          bias=False),
                 nn.BatchNorm2d(out_channels),
                 nn.Dropout(dropout),
             )
         self.residual = nn.Identity() if in_channels == out_channels else nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=1), nn.BatchNorm2d(out_channels))
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: Tensor, frame_mask: Tensor) -> Tensor:
         """x (B, C_in, T, V), frame_mask (B, T) bool -> (B, C_out, T, V)."""

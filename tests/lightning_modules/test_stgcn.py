@@ -105,6 +105,17 @@ def test_encoder_shapes_and_adjacency_is_learnable():
     assert adjacency and all(p.requires_grad for p in adjacency)
 
 
+def test_every_parameter_gets_a_real_gradient():
+    """No parameter whose gradient is pure rounding noise: a bias right before a BatchNorm is
+    subtracted again by it, and Adam would turn its ~1e-9 gradient into lr-sized random steps."""
+    enc = tiny_encoder()
+    enc(random_parts(), torch.ones(2, 6, dtype=torch.bool))[0].pow(2).sum().backward()
+    for name, p in enc.named_parameters():
+        if "context" in name:
+            continue  # the body context is detached by design (test_body_context_is_used_but_detached)
+        assert p.grad is not None and p.grad.abs().max() > 1e-4 * p.grad.numel() ** -0.5, name
+
+
 def test_default_encoder_matches_uni_sign_widths():
     enc = PoseEncoder(out_dim=768)
     body = enc.streams["body"]
