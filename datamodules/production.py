@@ -87,9 +87,12 @@ class GlossToPoseDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         trainer = self.trainer
-        if trainer is not None and trainer.is_global_zero and trainer.log_dir is not None:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            self.gloss_vocab.save(Path(trainer.log_dir) / "gloss_vocab.json")
+        if trainer is None:
+            return
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+        if trainer.is_global_zero and log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.gloss_vocab.save(Path(log_dir) / "gloss_vocab.json")
 
     def _build(self, split: str) -> GlossPoseDataset:
         samples, skipped = read_pt_split(self.pt_dir, split, self.on_bad_sample)

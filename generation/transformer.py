@@ -228,7 +228,8 @@ class PartHead(nn.Module):
     def forward(self, h: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """h (B, N, d), the first token at flat position `offset` -> logits (B, N, K)."""
         part = torch.arange(offset, offset + h.shape[1], device=h.device) % self.num_parts  # (N,)
-        out = h.new_empty(*h.shape[:2], self.heads[0].out_features)
-        for p, head in enumerate(self.heads):
-            out[:, part == p] = head(h[:, part == p])
+        logits = [head(h[:, part == p]) for p, head in enumerate(self.heads)]  # autocast may make them bf16
+        out = logits[0].new_empty(*h.shape[:2], self.heads[0].out_features)
+        for p, scores in enumerate(logits):
+            out[:, part == p] = scores
         return out

@@ -125,6 +125,9 @@ class PoseVQDiffusion(LightningModule):
             raise ValueError(f"PoseVQDiffusion: denoiser must be one of {DENOISERS}, got {denoiser!r}")
         if guidance_scale is not None and method != "diffusion":
             raise ValueError(f"PoseVQDiffusion: guidance_scale needs method='diffusion', got {method!r}")
+        if guidance_scale is not None and cond_drop_prob <= 0:
+            raise ValueError("PoseVQDiffusion: guidance_scale needs a null condition trained with cond_drop_prob > 0, "
+                             f"got cond_drop_prob={cond_drop_prob}")
         if compile_denoiser and (denoiser != "codeunet" or method == "autoregressive"):
             raise ValueError(f"PoseVQDiffusion: compile_denoiser compiles the CodeUnet trunk; got "
                              f"method={method!r}, denoiser={denoiser!r}")
@@ -136,6 +139,9 @@ class PoseVQDiffusion(LightningModule):
         self.num_codes, self.num_parts = self.vqvae.num_codes, self.vqvae.num_parts
         self.gloss_vocab = load_gloss_vocab(gloss_vocab)
         self.encoder = GlossEncoder(len(self.gloss_vocab), d_model, heads, encoder_depth, max_length, ff_mult, dropout)
+        # The CFG null condition only learns from dropped conditions: frozen when none are dropped,
+        # so no parameter sits outside the loss (DDP refuses unused parameters).
+        self.encoder.null.requires_grad_(method == "diffusion" and cond_drop_prob > 0)
         k, p = self.num_codes, self.num_parts
         if method == "autoregressive":
             self.decoder = AutoregressiveDecoder(k, p, d_model, heads, depth, ff_mult, dropout)

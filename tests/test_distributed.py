@@ -1,5 +1,5 @@
-"""DDP (gloo, 2 CPU processes) and bf16-mixed through the `lightning` script, plus the GPU
-strategy overrides as configs."""
+"""DDP (gloo, 2 CPU processes) and bf16-mixed through the `lightning` script (Geo-Sign token and
+the Pose-VQVAE → PoseVQ-Diffusion chain), plus the GPU strategy overrides as configs."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO, run_cli
-from tests.test_resume import GEOSIGN_TOKEN, STEP_LOG, TINY_GEOSIGN, _losses, _ok
+from tests.test_resume import GEOSIGN_TOKEN, STEP_LOG, TINY_DIFFUSION, TINY_GEOSIGN, TINY_VQVAE, _losses, _ok
 
 PROBE = "tests.cli_fixtures.ddp_probe.GatheredDevNames"
 STRATEGIES = REPO / "experiments" / "strategies"
@@ -52,6 +52,30 @@ def test_bf16_mixed_geosign_token_trains_with_finite_losses(tmp_path):
     weights = ckpt["state_dict"]
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())  # master weights
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.slow  # four spawned ranks in two fits: ~1-2 min on 2 cores
+def test_production_chain_trains_under_ddp_and_bf16(tmp_path):
+    """Pose-VQVAE, then PoseVQ-Diffusion on its codes, each on 2 gloo ranks in bf16-mixed: both
+    finish with full-precision, finite weights, finite validation scores and each rank on half the data."""
+    ddp_bf16 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1"]
+    env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "vq.yaml").write_text(TINY_VQVAE)
+    _ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/pose_vqvae.yaml"), "--config", "vq.yaml",
+                 "--trainer.default_root_dir", "runs/vq", *ddp_bf16], cwd=tmp_path, env=env))
+    (tmp_path / "tiny.yaml").write_text(TINY_DIFFUSION)
+    _ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/posevq_diffusion.yaml"), "--config", "tiny.yaml",
+                 "--trainer.default_root_dir", "runs/diffusion", *ddp_bf16], cwd=tmp_path, env=env))
+    for run in ("vq", "diffusion"):
+        ckpt = torch.load(tmp_path / f"runs/{run}/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+        assert ckpt["global_step"] == 24 // (4 * 2), run  # 24 samples, batch 4, 2 ranks
+        weights = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+        # no bf16 leaks into the saved weights (the importance sampler's loss history is float64)
+        assert all(v.dtype in (torch.float32, torch.float64) and torch.isfinite(v).all() for v in weights), run
+        scores = [state["best_model_score"] for state in ckpt["callbacks"].values()
+                  if isinstance(state, dict) and state.get("best_model_score") is not None]
+        assert scores and all(math.isfinite(float(v)) for v in scores), run
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "deepspeed_zero2.yaml"])

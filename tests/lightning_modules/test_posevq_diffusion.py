@@ -242,6 +242,11 @@ def test_bad_configuration_errors_name_the_problem(vqvae_ckpt, tmp_path):
         _model(vqvae_ckpt, method="gan")
     with pytest.raises(ValueError, match="guidance_scale"):
         _model(vqvae_ckpt, method="autoregressive", guidance_scale=2.0)
+    with pytest.raises(ValueError, match="cond_drop_prob"):  # an untrained null condition cannot guide
+        _model(vqvae_ckpt, guidance_scale=2.0, cond_drop_prob=0.0)
+    # no CFG training, no trainable null condition (DDP rejects parameters outside the loss)
+    assert not _model(vqvae_ckpt, cond_drop_prob=0.0).encoder.null.requires_grad
+    assert _model(vqvae_ckpt, cond_drop_prob=0.1).encoder.null.requires_grad
     with pytest.raises(ValueError, match="steps"):
         _model(vqvae_ckpt, sample_steps=50)  # more than T = 10
     with pytest.raises(ValueError, match="compile_denoiser"):
