@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from datamodules.keypoints import PART_NAMES
 from datamodules.tokenization import load_tokenizer
 
-from .hyperbolic_branch import HyperbolicBranch, LossBlend, masked_mean
+from .hyperbolic_branch import HyperbolicBranch, LossBlend
 from .language_model import SignLanguageModel
 from .media import log_figure, log_table
 from .metrics import translation_scores
@@ -160,8 +160,8 @@ class GeoSignTranslator(LightningModule):
         self._outputs.setdefault(dataloader_idx, []).extend(
             {"name": n, "hyp": h, "ref": r} for n, h, r in zip(batch["name"], hyps, batch["text"]))
         if self.hyperbolic is not None and sum(len(p) for p in self._disk_points) < self.hparams.max_disk_points:
-            pooled = torch.stack([masked_mean(part_features[p], batch["frame_mask"]) for p in PART_NAMES], 1)
-            self._disk_points.append(pooled.float().cpu())  # (B, P, C), projected once at epoch end
+            pooled = self.hyperbolic.pool_parts(part_features, batch["frame_mask"])  # (B, P, C)
+            self._disk_points.append(pooled.float().cpu())  # projected once at epoch end
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step(batch, dataloader_idx)
@@ -233,7 +233,7 @@ class GeoSignTranslator(LightningModule):
 
         pooled = torch.cat(self._disk_points)[: self.hparams.max_disk_points].to(self.device)  # (N, P, C)
         with torch.no_grad():
-            h = self.hyperbolic.part_proj(pooled.transpose(0, 1)).transpose(0, 1)  # (N, P, D)
+            h = self.hyperbolic.project_parts(pooled)  # (N, P, D)
             fig = poincare_disk_figure(h.cpu(), self.hyperbolic.curvature().detach().cpu(), PART_NAMES,
                                        title=f"part embeddings, epoch {self.current_epoch}")
         log_figure(self, "val/poincare_disk", fig)

@@ -67,12 +67,20 @@ class HyperbolicBranch(nn.Module):
         self.contrastive = HyperbolicContrastiveLoss(self.curvature, label_smoothing=label_smoothing,
                                                      gather_negatives=gather_negatives)
 
-    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor) -> Tensor:
-        """h_p = HyperbolicProjection_p(masked temporal mean of part p): (B, P, hyp_dim).
+    @staticmethod
+    def pool_parts(part_features: dict[str, Tensor], frame_mask: Tensor) -> Tensor:
+        """Masked temporal mean of each part stream: (B, P, part_dim). The mean skips padded
+        frames (the released code averages them in)."""
+        return torch.stack([masked_mean(part_features[p], frame_mask) for p in PART_NAMES], dim=1)
 
-        The mean skips padded frames (the released code averages them in)."""
-        pooled = torch.stack([masked_mean(part_features[p], frame_mask) for p in PART_NAMES])  # (P, B, part_dim)
-        return self.part_proj(pooled).transpose(0, 1)  # (B, P, D)
+    def project_parts(self, pooled: Tensor) -> Tensor:
+        """h_p = HyperbolicProjection_p(pooled part p): (B, P, part_dim) -> (B, P, hyp_dim), all
+        parts in one grouped pass."""
+        return self.part_proj(pooled.transpose(0, 1)).transpose(0, 1)
+
+    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor) -> Tensor:
+        """(B, P, hyp_dim) points of the parts in the ball."""
+        return self.project_parts(self.pool_parts(part_features, frame_mask))
 
     def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
                 target_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
