@@ -149,3 +149,7 @@ def test_adaln_and_part_head_follow_their_formulas():
     for n in range(5):
         torch.testing.assert_close(out[:, n], head.heads[n % 3](h[:, n]))
     torch.testing.assert_close(head(h[:, 2:], offset=2), out[:, 2:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 states, bf16 logits: no dtype clash
+        mixed = head(h)
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), out, atol=0.05, rtol=0.05)
