@@ -63,13 +63,17 @@ def machine() -> dict:
     }
 
 
+def _cell(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def print_table(title: str, rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:
     """Print ``rows`` under ``title``; ``columns`` are (key, header, format spec) triples."""
     print(title)
-    widths = [max(len(header), *(len(format(row[key], spec)) for row in rows)) + 2 for key, header, spec in columns]
+    widths = [max(len(header), *(len(_cell(row[key], spec)) for row in rows)) + 2 for key, header, spec in columns]
     print("".join(f"{header:>{w}}" for (_, header, _), w in zip(columns, widths)))
     for row in rows:
-        print("".join(f"{format(row[key], spec):>{w}}" for (key, _, spec), w in zip(columns, widths)))
+        print("".join(f"{_cell(row[key], spec):>{w}}" for (key, _, spec), w in zip(columns, widths)))
 
 
 def write_results(name: str, out_dir: Path, payload: dict) -> Path:

@@ -2,17 +2,20 @@
 
 Plain script: ``python benchmarks/data_loading.py [--quick] [--out DIR]``. Writes a CSL-Daily
 layout corpus of random poses to a temporary folder (clip lengths spread like CSL-Daily's),
-then for each source (pickles, packed) and worker count (0, 2) times one training epoch at
-the demo settings (batch 16, max_len 256) and records samples/s, the peak Python/numpy heap
-of the main process (tracemalloc; memory-mapped pages are file cache, not heap) and, with 2
-workers, whether a batch arrives faster than the demo training step takes (read from
-``hyperbolic_overhead.json`` when that benchmark has run). Prints a table, writes
+then for each page-cache state (warm: files read before; cold: every pose pickle and the packed
+array evicted with ``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a
+network file system), source (pickles, packed) and worker count (0, 2) times one training
+epoch at the demo settings (batch 16, max_len 256) and records samples/s, the peak
+Python/numpy heap of the main process (tracemalloc; memory-mapped pages are file cache, not
+heap) and, with 2 workers, whether a batch arrives faster than the demo training step takes
+(read from ``hyperbolic_overhead.json`` when that benchmark has run). Prints a table, writes
 ``data_loading.json``.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import sys
 import tempfile
@@ -25,8 +28,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, parse_args, print_table, timed, write_results  # noqa: E402
-from datamodules.formats import read_pose_pickle  # noqa: E402
-from datamodules.keypoints import sample_frame_indices  # noqa: E402
 from datamodules.translation import SignTranslationDataModule  # noqa: E402
 
 BATCH, MAX_LEN = 16, 256  # the demo configs' batch_size and max_len (Uni-Sign's max_length)
@@ -68,19 +69,12 @@ def epoch(dm: SignTranslationDataModule) -> tuple[int, float, float]:
 
 
 def read_stage(dm: SignTranslationDataModule) -> float:
-    """Clips/s of what the cache replaces alone: get one clip's sampled frames into memory
-    (unpickle + select, or gather from the map), without normalisation or collation."""
+    """Clips/s of what the cache replaces alone: get one clip's sampled frames' part nodes into
+    memory (unpickle + gather, or gather from the map), without normalisation or collation."""
     data = dm.datasets["train"]
-    rng = np.random.default_rng(0)
     start = time.perf_counter()
-    for record in data.records:
-        if data.poses is None:
-            keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
-            frames = sample_frame_indices(len(keypoints), MAX_LEN, rng)
-            keypoints[frames], scores[frames]
-        else:
-            clip = data.poses.read(record["name"])  # (T, 133, 3) view
-            clip[sample_frame_indices(len(clip), MAX_LEN, rng)]
+    for index, record in enumerate(data.records):
+        data._frames(record, index, epoch=0)
     return len(data.records) / (time.perf_counter() - start)
 
 
@@ -94,6 +88,16 @@ def demo_step_seconds(out_dir: Path) -> float | None:
     return None
 
 
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache, so the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 3)
@@ -104,42 +108,55 @@ def main(argv: list[str] | None = None) -> None:
         common = dict(dataset="csl_daily", label_dir=str(label_dir), pose_dir=str(pose_dir),
                       tokenizer="synthsign-zh", batch_size=BATCH, max_len=MAX_LEN)
         pack_s, _ = timed(SignTranslationDataModule(**common).prepare_data)
-        cache_mb = sum(p.stat().st_size for p in (label_dir / "packed").iterdir()) / 2 ** 20
-        for packed in (False, True):
-            read_rate = None
-            for workers in (0, 2):
-                dm = SignTranslationDataModule(**common, packed=packed, num_workers=workers)
-                dm.setup("fit")
-                if read_rate is None:  # main-process measurement, the same for any worker count
-                    read_rate = max(read_stage(dm) for _ in range(repeats))  # the least disturbed pass
-                runs = []
-                for _ in range(repeats):
-                    tracemalloc.start()
-                    runs.append(epoch(dm))
-                    peak = tracemalloc.get_traced_memory()[1]
-                    tracemalloc.stop()
-                n, seconds, first_s = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # median epoch
-                rate = (n - BATCH) / seconds  # the first batch is timed apart
-                rows.append({"source": "packed" if packed else "pickles", "workers": workers,
-                             "read_clips_per_s": read_rate, "samples_per_s": rate, "batch_ms": 1e3 * BATCH / rate, "first_batch_s": first_s,
-                             "peak_heap_mb": peak / 2 ** 20,
-                             "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
-    by = {(r["source"], r["workers"]): r for r in rows}
-    speedup = {w: by["packed", w]["samples_per_s"] / by["pickles", w]["samples_per_s"] for w in (0, 2)}
-    read_speedup = by["packed", 0]["read_clips_per_s"] / by["pickles", 0]["read_clips_per_s"]
+        cache_files = list((label_dir / "packed").iterdir())
+        cache_mb = sum(p.stat().st_size for p in cache_files) / 2 ** 20
+        pose_files = list(pose_dir.iterdir()) + cache_files
+        read_rate = {}
+        for cache in ("warm", "cold"):
+            for packed in (False, True):
+                source = "packed" if packed else "pickles"
+                for workers in (0, 2):
+                    runs = []
+                    for _ in range(repeats):
+                        if cache == "cold":
+                            evict(pose_files)
+                        # a fresh DataModule per epoch: its memory map opens after the eviction
+                        dm = SignTranslationDataModule(**common, packed=packed, num_workers=workers)
+                        dm.setup("fit")
+                        tracemalloc.start()
+                        runs.append(epoch(dm))
+                        peak = tracemalloc.get_traced_memory()[1]
+                        tracemalloc.stop()
+                        del dm
+                    if cache == "warm" and source not in read_rate:  # the same for any worker count
+                        dm = SignTranslationDataModule(**common, packed=packed)
+                        dm.setup("fit")
+                        read_rate[source] = max(read_stage(dm) for _ in range(repeats))  # the least disturbed pass
+                    n, seconds, first_s = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # median epoch
+                    rate = (n - BATCH) / seconds  # the first batch is timed apart
+                    rows.append({"cache": cache, "source": source, "workers": workers,
+                                 "read_clips_per_s": read_rate.get(source) if cache == "warm" else None,
+                                 "samples_per_s": rate, "batch_ms": 1e3 * BATCH / rate, "first_batch_s": first_s,
+                                 "peak_heap_mb": peak / 2 ** 20,
+                                 "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
+    by = {(r["cache"], r["source"], r["workers"]): r for r in rows}
+    speedup = {f"loader_{cache}_workers_{w}": by[cache, "packed", w]["samples_per_s"] / by[cache, "pickles", w]["samples_per_s"]
+               for cache in ("warm", "cold") for w in (0, 2)}
+    read_speedup = read_rate["packed"] / read_rate["pickles"]
     print_table(f"SignTranslationDataModule, {samples} clips of {FRAMES[0]}-{FRAMES[1]} frames, batch {BATCH}, "
                 f"max_len {MAX_LEN}; packing took {pack_s:.1f} s ({cache_mb:.0f} MB)", rows,
-                [("source", "source", "s"), ("workers", "workers", "d"), ("read_clips_per_s", "read clips/s", ".0f"),
-                 ("samples_per_s", "samples/s", ".0f"),
+                [("cache", "page cache", "s"), ("source", "source", "s"), ("workers", "workers", "d"),
+                 ("read_clips_per_s", "read clips/s", ".0f"), ("samples_per_s", "samples/s", ".0f"),
                  ("batch_ms", "ms/batch", ".1f"), ("first_batch_s", "first batch s", ".2f"),
                  ("peak_heap_mb", "peak heap MB", ".1f"), ("keeps_up", "keeps up", "")])
-    print(f"packed / pickles: read stage {read_speedup:.1f}x; loader {speedup[0]:.1f}x (main process), "
-          f"{speedup[2]:.1f}x (2 workers); demo training step "
-          + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
+    print(f"packed / pickles: read stage {read_speedup:.1f}x; loader (0 / 2 workers) "
+          + ", ".join(f"{cache} {speedup[f'loader_{cache}_workers_0']:.1f}x / {speedup[f'loader_{cache}_workers_2']:.1f}x"
+                      for cache in ("warm", "cold"))
+          + "; demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
     write_results("data_loading", args.out, {
         "samples": samples, "frames": FRAMES, "batch": BATCH, "max_len": MAX_LEN, "repeats": repeats,
         "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "demo_step_s": step_s,
-        "speedup_packed_over_pickles": {"read_stage": read_speedup, **{f"loader_workers_{w}": s for w, s in speedup.items()}},
+        "speedup_packed_over_pickles": {"read_stage": read_speedup, **speedup},
         "rows": rows})
 
 

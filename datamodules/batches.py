@@ -78,37 +78,37 @@ def _split_skipped(items: list[dict]) -> tuple[list[dict], list[tuple[str, str, 
 def pad_time(seqs: Sequence[torch.Tensor], repeat_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (T_i, ...) tensors to (B, T_max, ...) plus a (B, T_max) bool mask of real steps.
 
-    Padding repeats each sequence's last step (Uni-Sign's collate) or is zero.
+    Padding repeats each sequence's last step (Uni-Sign's collate) or is zero. One concatenation
+    and one gather, not a copy per sequence.
     """
     lengths = torch.tensor([len(s) for s in seqs])
-    out = seqs[0].new_zeros((len(seqs), int(lengths.max()), *seqs[0].shape[1:]))
-    for b, s in enumerate(seqs):
-        out[b, :len(s)] = s
-        if repeat_last:
-            out[b, len(s):] = s[-1]
-    mask = torch.arange(out.shape[1])[None] < lengths[:, None]  # (B, T_max)
-    return out, mask
+    mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # (B, T_max)
+    if not repeat_last:
+        return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True), mask
+    starts = lengths.cumsum(0) - lengths
+    steps = torch.minimum(torch.arange(mask.shape[1])[None], lengths[:, None] - 1)  # (B, T_max), last step repeated
+    return torch.cat(list(seqs))[starts[:, None] + steps], mask
 
 
 class TranslationCollate:
-    """Items -> translation batch (see module docstring). Tokenises the texts here."""
+    """Items -> translation batch (see module docstring). Items carry their tokenised text
+    (``target_ids``, a list ending with eos: the DataModule tokenises each split once), padded
+    here with ``pad_id``."""
 
-    def __init__(self, tokenizer, max_target_len: int):
-        self.tokenizer = tokenizer
-        self.max_target_len = max_target_len
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
 
     def __call__(self, items: list[dict]) -> dict:
         items, skipped = _split_skipped(items)
         batch = {}
         for part in ("body", "left", "right", "face"):
             batch[part], batch["frame_mask"] = pad_time([it[part] for it in items], repeat_last=True)
-        texts = [it["text"] for it in items]
-        # truncation keeps room for eos, so every row still ends with it
-        enc = self.tokenizer(texts, padding="longest", truncation=True,
-                             max_length=self.max_target_len, return_tensors="pt")
-        batch["target_ids"] = enc["input_ids"].long()
-        batch["target_mask"] = enc["attention_mask"].bool()
-        batch["text"] = texts
+        ids = [it["target_ids"] for it in items]
+        lengths = torch.tensor([len(i) for i in ids])
+        batch["target_mask"] = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # (B, L)
+        batch["target_ids"] = torch.full(batch["target_mask"].shape, self.pad_id, dtype=torch.long)
+        batch["target_ids"][batch["target_mask"]] = torch.tensor([t for i in ids for t in i])  # row-major fill
+        batch["text"] = [it["text"] for it in items]
         batch["gloss"] = [it["gloss"] for it in items]
         batch["name"] = [it["name"] for it in items]
         if skipped:

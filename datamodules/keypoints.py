@@ -8,6 +8,7 @@ COCO-WholeBody-133 (0-based): 0-16 body (0 nose, 1/2 eyes, 3/4 ears, 5/6 shoulde
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 # --------------------------------------------------------------------------------------------
 # Translation: the four Uni-Sign parts (69 nodes), in Uni-Sign's node order.
@@ -98,7 +99,7 @@ def pt_parents() -> list[int]:
 
 # --------------------------------------------------------------------------------------------
 # Translation: frame sampling and Uni-Sign's part normalisation (datasets.py: load_part_kp,
-# crop_scale). Pure numpy; the datasets call these per sample.
+# crop_scale). The translation dataset normalises a whole batch in one call.
 # --------------------------------------------------------------------------------------------
 
 MIN_VALID_BODY_POINTS = 4  # crop_scale gives up (all zeros) with fewer confident body points
@@ -123,55 +124,69 @@ def sample_frame_indices(num_frames: int, max_len: int, rng: np.random.Generator
     return np.floor(np.linspace(0, num_frames - 1, max_len) + 0.5).astype(np.int64)
 
 
-# Where each part starts in the 69-node layout (PART_NAMES order): normalise_parts gathers the
-# part nodes once and works on whole arrays.
-_ALL_PART_COCO = np.array([i for name in PART_NAMES for i in PART_COCO[name]])
-_PART_STARTS = np.cumsum([0] + [PART_NODES[n] for n in PART_NAMES])
-_PART_RANGE = {n: (a, b) for n, a, b in zip(PART_NAMES, _PART_STARTS, _PART_STARTS[1:])}
+# The four parts' 69 COCO nodes in PART_NAMES order (what the packed cache stores per frame), and
+# where each part starts in that layout.
+PART_NODES_COCO = np.array([i for name in PART_NAMES for i in PART_COCO[name]])
+_PART_STARTS = np.cumsum([0] + [PART_NODES[n] for n in PART_NAMES]).tolist()
+PART_SLICES = {n: slice(a, b) for n, a, b in zip(PART_NAMES, _PART_STARTS, _PART_STARTS[1:])}
 
 
-def body_crop_box(xy: np.ndarray, score: np.ndarray, threshold: float = SCORE_THRESHOLD,
-                  ) -> tuple[np.ndarray, float]:
-    """Uni-Sign's ``crop_scale`` box: body xy (T, 9, 2), scores (T, 9) -> (corner (2,), scale).
+def part_nodes(keypoints: np.ndarray, scores: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
+    """The 69 part nodes of COCO-WholeBody frames: keypoints (T, 133, 2), scores (T, 133) ->
+    (T', 69, 3) float32 (x, y, score), keeping only ``frames`` when given."""
+    rows = slice(None) if frames is None else frames[:, None]
+    out = np.empty((len(keypoints) if frames is None else len(frames), len(PART_NODES_COCO), 3), np.float32)
+    out[..., :2] = keypoints[rows, PART_NODES_COCO]
+    out[..., 2] = scores[rows, PART_NODES_COCO]
+    return out
 
-    The square box of side ``scale = max(w, h)`` around all confident points of all frames;
-    ``scale == 0.0`` when fewer than 4 points are confident or the box is degenerate.
+
+def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = SCORE_THRESHOLD,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uni-Sign's part normalisation (``load_part_kp`` / ``crop_scale``) of a batch of clips in one pass.
+
+    nodes (N, 69, 3) = ``part_nodes`` of B clips concatenated along time, ``lengths`` (B,) their
+    frame counts -> (normalised (N, 69, 3) float32, scales (B,)); ``PART_SLICES`` cut the parts.
+    Each clip's body crop box (the square of side max(w, h) around the confident body points
+    of all its frames) is mapped to [-1, 1]; hands and face are taken relative to their anchor
+    node (wrist root, nose tip) and divided by the box side; everything is clipped to [-1, 1]
+    and low-score points become (0, 0, 0). A clip with fewer than 4 confident body points (or
+    a degenerate box) has scale 0 and is all zeros, Uni-Sign's behaviour.
+
+    Works channel-first, (3, N, 69), so every op runs over contiguous node rows; the result is
+    a (N, 69, 3) view of that, which the collate's padding copy makes contiguous.
     """
-    valid = xy[score > threshold]  # (N, 2) over every frame
-    if len(valid) < MIN_VALID_BODY_POINTS:
-        return np.zeros(2, xy.dtype), 0.0
-    lo, hi = valid.min(axis=0), valid.max(axis=0)
-    scale = float((hi - lo).max())
-    return (lo + hi - scale) / 2, scale  # top-left corner of the square centred on the bbox
+    x = torch.from_numpy(nodes).permute(2, 0, 1)  # (3, N, 69) view
+    lengths = torch.as_tensor(lengths)
+    clip = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (N,) clip of each frame
+    xy, score = x[:2].contiguous(), x[2].contiguous()  # (2, N, 69), (N, 69): owned copies
+    body = PART_SLICES["body"]
+    corner, scale = _crop_boxes(xy[:, :, body], score[:, body] > threshold, clip, len(lengths))
+    frame_scale = torch.where(scale > 0, scale, 1)[clip][:, None]  # (N, 1); 1 keeps 0-scale clips finite
+    xy[:, :, body] -= corner[:, clip, None]
+    xy[:, :, body] /= frame_scale
+    xy[:, :, body] -= 0.5
+    xy[:, :, body] *= 2
+    for name, anchor in PART_ANCHOR.items():
+        nodes_of = PART_SLICES[name]
+        xy[:, :, nodes_of] -= xy[:, :, nodes_of.start + anchor, None].clone()  # the anchor itself becomes 0
+        xy[:, :, nodes_of] /= frame_scale
+    keep = (score > threshold) & (scale > 0)[clip][:, None]  # (N, 69)
+    out = torch.cat([xy, score[None]]).clamp_(-1, 1)  # (3, N, 69); Uni-Sign clips the score channel too
+    out.mul_(keep)  # low-score points and unconfident clips become (0, 0, 0)
+    return out.permute(1, 2, 0), scale
 
 
-def normalise_parts(keypoints: np.ndarray, scores: np.ndarray,
-                    threshold: float = SCORE_THRESHOLD) -> tuple[dict[str, np.ndarray], float]:
-    """Split COCO-WholeBody frames into Uni-Sign's four parts and normalise them.
-
-    keypoints (T, 133, 2) in image-normalised coordinates, scores (T, 133) ->
-    ``({"body": (T, 9, 3), "left": (T, 21, 3), "right": (T, 21, 3), "face": (T, 18, 3)}, scale)``
-    float32, channels (x, y, score). The body's square crop box (``body_crop_box``) is mapped
-    to [-1, 1]; hands and face are taken relative to their anchor node (wrist root, nose tip)
-    and divided by the box side; everything is clipped to [-1, 1] and low-score points become
-    (0, 0, 0). ``scale == 0`` means every part is zero (Uni-Sign's behaviour when the body is
-    not confidently detected). xy and scores stay separate contiguous arrays until the last
-    steps: numpy is several times slower on strided (..., :2) views of an (x, y, score) array.
-    """
-    xy = np.take(keypoints, _ALL_PART_COCO, axis=1).astype(np.float32, copy=False)  # (T, 69, 2)
-    score = np.take(scores, _ALL_PART_COCO, axis=1).astype(np.float32, copy=False)  # (T, 69)
-    b0, b1 = _PART_RANGE["body"]
-    corner, scale = body_crop_box(xy[:, b0:b1], score[:, b0:b1], threshold)
-    if scale == 0:
-        out = np.zeros((*xy.shape[:2], 3), np.float32)
-    else:
-        xy[:, b0:b1] = ((xy[:, b0:b1] - corner) / scale - 0.5) * 2
-        for name, anchor in PART_ANCHOR.items():
-            a, b = _PART_RANGE[name]
-            xy[:, a:b] -= xy[:, a + anchor:a + anchor + 1]  # numpy buffers the overlap: the anchor becomes 0
-            xy[:, a:b] /= scale
-        out = np.stack([xy[..., 0], xy[..., 1], score], axis=-1)  # (T, 69, 3)
-        np.clip(out, -1, 1, out=out)  # Uni-Sign clips the score channel too
-        out = np.where(out[..., 2:] <= threshold, np.float32(0), out)
-    parts = {n: np.ascontiguousarray(out[:, a:b]) for n, (a, b) in _PART_RANGE.items()}
-    return parts, scale
+def _crop_boxes(body_xy: torch.Tensor, valid: torch.Tensor, clip: torch.Tensor, clips: int,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-clip body boxes: body xy (2, N, 9), confident (N, 9), clip index of each frame (N,) ->
+    top-left corners (2, B), sides (B,), side 0 when a clip has fewer than 4 confident points.
+    Per-frame extremes first, then one scatter-reduce per statistic over each clip's frames."""
+    inf = torch.tensor(torch.inf)
+    index = clip.expand(2, -1)  # (2, N)
+    lo = torch.full((2, clips), torch.inf).scatter_reduce(1, index, torch.where(valid, body_xy, inf).amin(2), "amin")
+    hi = torch.full((2, clips), -torch.inf).scatter_reduce(1, index, torch.where(valid, body_xy, -inf).amax(2), "amax")
+    ok = torch.zeros(clips, dtype=torch.long).index_add_(0, clip, valid.sum(1)) >= MIN_VALID_BODY_POINTS
+    lo, hi = torch.where(ok, lo, 0), torch.where(ok, hi, 0)  # (2, B); no inf arithmetic below
+    scale = (hi - lo).amax(0)  # (B,)
+    return (lo + hi - scale) / 2, scale  # corner of the square centred on the bbox

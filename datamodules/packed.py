@@ -2,15 +2,16 @@
 
 Layout under ``cache_dir`` (the DataModule uses ``<label_dir>/packed``), per split:
 
-- ``<split>.npy``: float32 (N_frames, 133, 3) = x, y, score of every frame of every sample,
-  concatenated in label order. Raw keypoints, not normalised parts: Uni-Sign's normalisation
-  depends on which frames are sampled (crop_scale spans the sampled frames), so it stays a
-  per-item step.
+- ``<split>.npy``: float32 (N_frames, 69, 3) = x, y, score of the four parts' nodes
+  (``part_nodes``: the only keypoints the model sees) in every frame of every sample,
+  concatenated in label order. Raw coordinates, not normalised parts: Uni-Sign's
+  normalisation depends on which frames are sampled (crop_scale spans the sampled frames), so
+  it stays a train-time step.
 - ``<split>.index.json``: ``{"version", "fingerprint", "frames", "samples": {name: [offset,
   length]}, "errors": {name: [reason, message]}}``.
 
-``fingerprint`` hashes the label file and every pose file it refers to (size, mtime), so a
-touched, replaced or deleted source makes the cache stale and ``ensure_packed`` rebuilds it.
+``fingerprint`` hashes the node list, the label file and every pose file it refers to (size,
+mtime), so a touched, replaced or deleted source (or a changed part layout) makes the cache stale and ``ensure_packed`` rebuilds it.
 A pose file that cannot be read while packing is not an error here: its reason and message
 are stored and ``PackedPoses.read`` raises the same exception type with the same message
 when the sample is loaded, so ``on_bad_sample`` behaves exactly as on the pickle path.
@@ -31,10 +32,10 @@ from typing import Sequence
 import numpy as np
 
 from datamodules.formats import UnsafePickleError, read_pose_pickle
-from datamodules.keypoints import NUM_COCO_KEYPOINTS
+from datamodules.keypoints import PART_NODES_COCO, part_nodes
 
-FORMAT_VERSION = 1
-FRAME_SHAPE = (NUM_COCO_KEYPOINTS, 3)  # x, y, score
+FORMAT_VERSION = 2  # 1 stored all 133 COCO keypoints
+FRAME_SHAPE = (len(PART_NODES_COCO), 3)  # x, y, score
 # Exception types a pose file can fail with, by the reason name the translation dataset uses.
 ERROR_TYPES = {"missing": FileNotFoundError, "unsafe": UnsafePickleError, "invalid": ValueError}
 
@@ -48,8 +49,9 @@ def _stat(path: Path) -> list:
 
 
 def fingerprint(label_path: Path, pose_paths: Sequence[Path]) -> str:
-    """sha256 over the label file's and each pose file's (name, size, mtime_ns), in order."""
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, _stat(Path(label_path))]).encode())
+    """sha256 over the stored node list, then the label file's and each pose file's (name, size,
+    mtime_ns), in order."""
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, PART_NODES_COCO.tolist(), _stat(Path(label_path))]).encode())
     for path in pose_paths:
         h.update(json.dumps(_stat(Path(path))).encode())
     return h.hexdigest()
@@ -96,8 +98,8 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
                 except (OSError, ValueError, pickle.UnpicklingError) as err:
                     index["errors"][name] = [_error_reason(err), str(err)]
                     continue
-                clip = np.concatenate([keypoints, scores[..., None]], axis=-1)  # (T, 133, 3) float32
-                f.write(np.ascontiguousarray(clip, dtype=np.float32).tobytes())
+                clip = part_nodes(keypoints, scores)  # (T, 69, 3) float32
+                f.write(clip.tobytes())
                 index["samples"][name] = [index["frames"], len(clip)]
                 index["frames"] += len(clip)
             final = _npy_header(index["frames"])
@@ -136,8 +138,8 @@ def ensure_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequen
 
 
 class PackedPoses:
-    """One split's packed frames: ``read(name)`` gives ``read_pose_pickle``'s keypoints and scores
-    stacked as (T, 133, 3).
+    """One split's packed frames: ``read(name)`` gives ``part_nodes`` of ``read_pose_pickle``'s
+    keypoints and scores, (T, 69, 3).
 
     The memory map opens lazily and is dropped when pickled, so DataLoader workers (fork or
     spawn) each map the file themselves instead of receiving a copy of the array.
@@ -162,7 +164,7 @@ class PackedPoses:
 
     def array(self) -> np.ndarray:
         if self._array is None:
-            array = np.load(self.array_path, mmap_mode="r")  # (N_frames, 133, 3)
+            array = np.load(self.array_path, mmap_mode="r")  # (N_frames, 69, 3)
             if array.shape != (self.frames, *FRAME_SHAPE) or array.dtype != np.float32:
                 raise ValueError(f"{self.array_path}: shape {array.shape} {array.dtype} does not match its "
                                  f"index ({self.frames}, {FRAME_SHAPE[0]}, {FRAME_SHAPE[1]}) float32; "
@@ -171,7 +173,7 @@ class PackedPoses:
         return self._array
 
     def read(self, name: str) -> np.ndarray:
-        """(T, 133, 3) float32 x, y, score of sample ``name``: a view of the map (indexing it reads
+        """(T, 69, 3) float32 x, y, score of sample ``name``: a view of the map (indexing it reads
         only the frames asked for). Re-raises, with its type and message, the error found at packing."""
         if name in self.errors:
             reason, message = self.errors[name]

@@ -41,7 +41,8 @@ from torch.utils.data import Dataset
 from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
                                  check_on_bad_sample, record_skips, skip_marker)
 from datamodules.formats import UnsafePickleError, read_pose_pickle, read_unisign_labels
-from datamodules.keypoints import SCORE_THRESHOLD, normalise_parts, sample_frame_indices
+from datamodules.keypoints import (PART_SLICES, SCORE_THRESHOLD, normalise_clips, part_nodes,
+                                   sample_frame_indices)
 from datamodules.packed import PackedPoses, ensure_packed
 from datamodules.tokenization import load_tokenizer
 
@@ -56,11 +57,15 @@ class _LowScore(ValueError):
 
 
 class PoseTextDataset(Dataset):
-    """One label file's samples; loads and normalises the pose pickle per item.
+    """One label file's samples, fetched a batch at a time (``__getitems__``): each sample's
+    sampled frames are read (from the packed cache, or by unpickling ``pose_path``), then the
+    whole batch is normalised in one ``normalise_clips`` call, so per-sample Python overhead
+    stays small.
 
-    ``records`` hold ``name``, ``text``, ``gloss`` and ``pose_path``. A key is an index, or
-    ``(index, epoch)`` from the training ``ShardSampler``; ``train`` turns on random frame
-    subsets. ``poses`` is the split's packed cache, or None to unpickle ``pose_path`` per item.
+    ``records`` hold ``name``, ``text``, ``gloss``, ``pose_path`` and the tokenised
+    ``target_ids``. A key is an index, or ``(index, epoch)`` from the training ``ShardSampler``;
+    ``train`` turns on random frame subsets. ``poses`` is the split's packed cache, or None to
+    unpickle ``pose_path`` per item.
     """
 
     def __init__(self, records: list[dict], max_len: int, train: bool, seed: int,
@@ -72,35 +77,51 @@ class PoseTextDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        record = self.records[index]
-        try:
-            return self._load(record, index, epoch)
-        except (OSError, ValueError, pickle.UnpicklingError) as err:
-            message = f"sample {record['name']!r}: {err}"
-            if self.on_bad_sample == "raise":
-                raise BadSampleError(message) from err
-            reason = ("missing" if isinstance(err, FileNotFoundError) else
-                      "unsafe" if isinstance(err, UnsafePickleError) else
-                      "low_score" if isinstance(err, _LowScore) else "invalid")
-            return skip_marker(record["name"], reason, message)
+        return self.__getitems__([key])[0]
 
-    def _load(self, record: dict, index: int, epoch: int) -> dict:
+    def __getitems__(self, keys: list) -> list[dict]:
+        """Items (or skip markers) for ``keys``, in order; the DataLoader calls this per batch."""
+        items: list[dict | None] = [None] * len(keys)
+        loaded = []  # (position, record, (T, 69, 3) part nodes)
+        for pos, key in enumerate(keys):
+            index, epoch = key if isinstance(key, tuple) else (key, 0)
+            record = self.records[index]
+            try:
+                loaded.append((pos, record, self._frames(record, index, epoch)))
+            except (OSError, ValueError, pickle.UnpicklingError) as err:
+                items[pos] = self._bad(record, err)
+        if loaded:
+            lengths = np.array([len(nodes) for _, _, nodes in loaded])
+            normalised, scales = normalise_clips(np.concatenate([nodes for _, _, nodes in loaded]), lengths)
+            ends = np.cumsum(lengths).tolist()
+            for (pos, record, _), start, end, scale in zip(loaded, [0] + ends, ends, scales.tolist()):
+                if scale == 0:
+                    items[pos] = self._bad(record, _LowScore(
+                        f"{record['pose_path']}: fewer than 4 body keypoints score above "
+                        f"{SCORE_THRESHOLD} (or they coincide); every part would be zero"))
+                    continue
+                item = {n: normalised[start:end, nodes] for n, nodes in PART_SLICES.items()}  # (T, V, 3) views
+                items[pos] = item | {k: record[k] for k in ("text", "gloss", "name", "target_ids")}
+        return items
+
+    def _frames(self, record: dict, index: int, epoch: int) -> np.ndarray:
+        """The sampled frames' part nodes (T', 69, 3); only they leave the memory map or pickle."""
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         if self.poses is None:
             keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
-            frames = sample_frame_indices(len(keypoints), self.max_len, rng)
-            keypoints, scores = keypoints[frames], scores[frames]
-        else:  # gather the sampled frames first: only they leave the memory map, in one copy
-            clip = self.poses.read(record["name"])  # (T, 133, 3) view
-            clip = clip[sample_frame_indices(len(clip), self.max_len, rng)]
-            keypoints, scores = clip[..., :2], clip[..., 2]
-        parts, scale = normalise_parts(keypoints, scores)
-        if scale == 0:
-            raise _LowScore(f"{record['pose_path']}: fewer than 4 body keypoints score above "
-                            f"{SCORE_THRESHOLD} (or they coincide); every part would be zero")
-        item = {name: torch.from_numpy(part) for name, part in parts.items()}  # (T, V, 3) each
-        return item | {"text": record["text"], "gloss": record["gloss"], "name": record["name"]}
+            return part_nodes(keypoints, scores, sample_frame_indices(len(keypoints), self.max_len, rng))
+        clip = self.poses.read(record["name"])  # (T, 69, 3) view
+        return clip[sample_frame_indices(len(clip), self.max_len, rng)]
+
+    def _bad(self, record: dict, err: Exception) -> dict:
+        """A skip marker for a sample that cannot be used, or the error naming it."""
+        message = f"sample {record['name']!r}: {err}"
+        if self.on_bad_sample == "raise":
+            raise BadSampleError(message) from err
+        reason = ("missing" if isinstance(err, FileNotFoundError) else
+                  "unsafe" if isinstance(err, UnsafePickleError) else
+                  "low_score" if isinstance(err, _LowScore) else "invalid")
+        return skip_marker(record["name"], reason, message)
 
 
 class SignTranslationDataModule(SplitDataModule):
@@ -141,7 +162,8 @@ class SignTranslationDataModule(SplitDataModule):
         if language is None:
             raise ValueError(f"set language for dataset {dataset!r} with tokenizer {tokenizer!r}")
         self.language = language
-        self.collate_fn = TranslationCollate(self.tokenizer, max_target_len)
+        self.max_target_len = max_target_len
+        self.collate_fn = TranslationCollate(self.tokenizer.pad_token_id)
         self.cache_dir = self.label_dir / "packed"
 
     def _pose_paths(self, labels: dict[str, dict]) -> list[tuple[str, Path]]:
@@ -187,6 +209,10 @@ class SignTranslationDataModule(SplitDataModule):
         if not records:
             raise ValueError(f"{label_path}: none of the {len(labels)} samples has a pose file "
                              f"under {self.pose_dir}")
+        # tokenised once per split; truncation keeps room for eos, so every target still ends with it
+        encoded = self.tokenizer([r["text"] for r in records], truncation=True, max_length=self.max_target_len)
+        for record, ids in zip(records, encoded["input_ids"]):
+            record["target_ids"] = ids
         poses = PackedPoses.open(self.cache_dir, split, label_path, [p for _, p in pose_paths]) if self.packed else None
         if self.packed and poses is None:
             log.warning("no fresh packed cache for %s in %s (prepare_data builds it); reading pose pickles",

@@ -42,13 +42,15 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
 def test_data_loading_quick_writes_json(tmp_path, capsys):
     data_loading.main(["--quick", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "data_loading.json").read_text())
-    rows = {(r["source"], r["workers"]): r for r in result["rows"]}
-    assert set(rows) == {(s, w) for s in ("pickles", "packed") for w in (0, 2)}
-    for row in rows.values():
-        assert row["samples_per_s"] > 0 and row["read_clips_per_s"] > 0 and row["peak_heap_mb"] >= 0
+    rows = {(r["cache"], r["source"], r["workers"]): r for r in result["rows"]}
+    assert set(rows) == {(c, s, w) for c in ("warm", "cold") for s in ("pickles", "packed") for w in (0, 2)}
+    for (cache, _, _), row in rows.items():
+        assert row["samples_per_s"] > 0 and row["peak_heap_mb"] >= 0
+        assert (row["read_clips_per_s"] > 0) if cache == "warm" else row["read_clips_per_s"] is None
     speedup = result["speedup_packed_over_pickles"]
-    assert speedup["loader_workers_0"] == pytest.approx(
-        rows["packed", 0]["samples_per_s"] / rows["pickles", 0]["samples_per_s"])
+    for cache in ("warm", "cold"):
+        assert speedup[f"loader_{cache}_workers_0"] == pytest.approx(
+            rows[cache, "packed", 0]["samples_per_s"] / rows[cache, "pickles", 0]["samples_per_s"])
     assert result["cache_mb"] > 0 and result["pack_seconds"] > 0
     _machine_ok(result["machine"])
     assert "samples/s" in capsys.readouterr().out
@@ -60,6 +62,8 @@ def test_print_table_aligns_columns(capsys):
     assert lines[0] == "t"
     assert len({len(line) for line in lines[1:]}) == 1  # header and rows share the widths
     assert lines[2].endswith("1.2") and lines[3].split() == ["long", "10.0"]
+    print_table("t", [{"a": None}], [("a", "value", ".1f")])  # a missing value prints as a dash
+    assert capsys.readouterr().out.splitlines()[2].split() == ["–"]
 
 
 def _save_unfitted(module, path) -> str:

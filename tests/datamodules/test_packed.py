@@ -12,6 +12,7 @@ import torch
 
 from datamodules.batches import BadSampleError
 from datamodules.formats import read_pose_pickle
+from datamodules.keypoints import PART_NODES_COCO
 from datamodules.packed import PackedPoses, build_packed, ensure_packed, paths
 from tests.datamodules.test_translation import _dm, _write_csl, make_pose
 
@@ -55,20 +56,21 @@ def test_packed_batches_equal_pickle_batches(csl):
     _assert_same(_batches(packed, "dev"), _batches(plain, "dev"))
 
 
-def test_cache_holds_raw_frames_in_label_order(csl):
+def test_cache_holds_raw_part_nodes_in_label_order(csl):
     label_dir, pose_dir, _ = csl
     dm = _dm(csl)
     dm.prepare_data()
     array_path, index_path = paths(label_dir / "packed", "dev")
     array = np.load(array_path)
-    assert array.shape == (6 + 300 + 2, 133, 3) and array.dtype == np.float32
+    assert array.shape == (6 + 300 + 2, 69, 3) and array.dtype == np.float32
     poses = PackedPoses.open(label_dir / "packed", "dev", label_dir / "labels.dev",
                              [pose_dir / f"Sdev00{i}_P0000_T00.pkl" for i in range(3)])
     assert poses.samples == {"Sdev000_P0000_T00": [0, 6], "Sdev001_P0000_T00": [6, 300],
                              "Sdev002_P0000_T00": [306, 2]}
-    clip = poses.read("Sdev001_P0000_T00")  # (T, 133, 3)
+    clip = poses.read("Sdev001_P0000_T00")  # (T, 69, 3)
     ref_keypoints, ref_scores = read_pose_pickle(pose_dir / "Sdev001_P0000_T00.pkl")
-    assert np.array_equal(clip[..., :2], ref_keypoints) and np.array_equal(clip[..., 2], ref_scores)
+    assert np.array_equal(clip[..., :2], ref_keypoints[:, PART_NODES_COCO])
+    assert np.array_equal(clip[..., 2], ref_scores[:, PART_NODES_COCO])
     # workers get the path, not a pickled copy of the array
     clone = pickle.loads(pickle.dumps(poses))
     assert clone._array is None and np.array_equal(clone.read("Sdev000_P0000_T00"), poses.read("Sdev000_P0000_T00"))
@@ -94,7 +96,7 @@ def test_rebuilt_only_when_sources_change(csl):
     dm.setup("validate")
     poses = dm.datasets["dev"].poses
     assert poses is not None and poses.samples["Sdev002_P0000_T00"] == [306, 11]
-    assert np.array_equal(poses.read("Sdev002_P0000_T00")[..., 2], new_pose["scores"][:, 0])
+    assert np.array_equal(poses.read("Sdev002_P0000_T00")[..., 2], new_pose["scores"][:, 0, PART_NODES_COCO])
     os.utime(label_path)  # a touched label file counts too
     assert ensure_packed(cache, "dev", label_path, samples)
     assert not list(cache.glob("*.tmp-*"))  # temporaries renamed or removed

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import datamodules.batches as batches
 from datamodules.batches import BadSampleError, ShardSampler
-from datamodules.keypoints import normalise_parts, sample_frame_indices
+from datamodules.keypoints import PART_SLICES, normalise_clips, part_nodes, sample_frame_indices
 from datamodules.tokenization import build_word_level_tokenizer
 from datamodules.translation import SignTranslationDataModule
 
@@ -74,6 +74,12 @@ def _ref_load_part_kp(skeletons, confs, thr=0.3):
     return out, scale
 
 
+def normalise_parts(keypoints, scores):
+    """One clip through ``normalise_clips``: ({part: (T, V, 3) numpy}, scale)."""
+    out, scale = normalise_clips(part_nodes(keypoints, scores), np.array([len(keypoints)]))
+    return {n: out[:, nodes].numpy() for n, nodes in PART_SLICES.items()}, float(scale[0])
+
+
 def make_pose(num_frames: int, rng: np.random.Generator, score: float = 0.9):
     keypoints = rng.uniform(0.3, 0.7, (num_frames, 1, 133, 2))
     scores = np.clip(rng.normal(score, 0.3, (num_frames, 1, 133)), 0, 1)  # some under 0.3
@@ -97,6 +103,27 @@ def test_normalise_parts_unconfident_body_gives_zero_scale():
     kp = np.full((3, 133, 2), 0.5, np.float32)
     parts, scale = normalise_parts(kp, np.full((3, 133), 0.2, np.float32))
     assert scale == 0 and all(not p.any() for p in parts.values())
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), lengths=st.lists(st.integers(1, 7), min_size=1, max_size=5),
+       unconfident=st.integers(0, 4))
+def test_normalise_clips_equals_one_clip_at_a_time(seed, lengths, unconfident):
+    """A batch normalised in one call is bit-identical to its clips normalised one by one: each
+    clip keeps its own crop box, and an unconfident clip is zeros without touching the others."""
+    rng = np.random.default_rng(seed)
+    clips = [make_pose(n, rng) for n in lengths]
+    if unconfident < len(clips):
+        clips[unconfident]["scores"][:] = 0.1
+    kps = [c["keypoints"][:, 0].astype(np.float32) for c in clips]
+    scs = [c["scores"][:, 0] for c in clips]
+    batch, scales = normalise_clips(np.concatenate([part_nodes(k, sc) for k, sc in zip(kps, scs)]), np.array(lengths))
+    clips = np.split(batch.numpy(), np.cumsum(lengths)[:-1])
+    for i, (k, sc) in enumerate(zip(kps, scs)):
+        one, scale = normalise_parts(k, sc)
+        assert scales[i] == scale and (scale == 0) == (i == unconfident)
+        for name, nodes in PART_SLICES.items():
+            assert np.array_equal(clips[i][:, nodes], one[name]), (i, name)
 
 
 def test_sample_frame_indices():
