@@ -4,6 +4,7 @@ from .frechet import frechet_mean, frechet_weights, weighted_midpoint, weighted_
 from .nn import HyperbolicAttention, HyperbolicContrastiveLoss, HyperbolicProjection
 from .poincare import (
     clip_tangent,
+    clipped_expmap0,
     dist,
     dist0,
     expmap,
@@ -19,7 +20,7 @@ from .poincare import (
 
 __all__ = [
     "Curvature", "inverse_softplus",
-    "project", "clip_tangent", "expmap0", "logmap0", "expmap", "logmap", "mobius_add", "mobius_matvec", "mobius_affine",
+    "project", "clip_tangent", "clipped_expmap0", "expmap0", "logmap0", "expmap", "logmap", "mobius_add", "mobius_matvec", "mobius_affine",
     "dist", "dist0", "pairwise_dist",
     "weighted_midpoint", "weighted_midpoints", "frechet_mean", "frechet_weights",
     "HyperbolicProjection", "HyperbolicAttention", "HyperbolicContrastiveLoss",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .curvature import Curvature
 from .frechet import weighted_midpoints
-from .poincare import clip_tangent, compute_dtype, dist, expmap0, mobius_affine, pairwise_dist
+from .poincare import clipped_expmap0, dist, expmap0, mobius_affine, pairwise_dist
 
 TAU_MIN, TAU_RANGE = 0.01, 1.99  # τ = sigmoid(logit)·1.99 + 0.01 ∈ (0.01, 2), listings 7–8
 
@@ -79,8 +79,7 @@ class HyperbolicProjection(nn.Module):
         scale = self.log_scale.exp()
         if self.groups is not None:
             scale = scale.view(-1, *[1] * (v.ndim - 1))  # (G, 1, ..., 1)
-        v = v.to(compute_dtype(v, c)) * scale
-        return expmap0(clip_tangent(v, c), c)
+        return clipped_expmap0(v, c, scale)
 
 
 class HyperbolicAttention(nn.Module):

@@ -157,6 +157,22 @@ def expmap0(v: Tensor, c: Tensor) -> Tensor:
 
 
 @full_precision
+def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
+    """expmap0(clip_tangent(scale · v)) (supplement Eq. 2 with F.2 clipping) as one radial
+    rescaling of v: scaling, clipping, exp_0 and projection each multiply v by a function of
+    ‖v‖, so only ‖v‖² and one final product touch the (..., D) values. `scale` broadcasts
+    against v[..., :1]."""
+    sqrt_c = c.sqrt()
+    norm = _safe_sqrt(_sqnorm(v))  # (..., 1)
+    clip = scale / (sqrt_c * scale * norm + CLIP_EPS).clamp_min(1.0)  # s / max(1, √c‖s v‖ + ε)
+    tangent_norm = clip * norm
+    exp = _tanhc(sqrt_c * tangent_norm)  # exp_0 factor; the point's norm is exp · tangent_norm
+    max_norm = (1 - BALL_EPS) / sqrt_c
+    fit = (max_norm / (exp * tangent_norm).clamp_min(torch.finfo(v.dtype).tiny)).clamp_max(1.0)
+    return v * (clip * exp * fit)
+
+
+@full_precision
 def logmap0(x: Tensor, c: Tensor) -> Tensor:
     """log_0(x) = artanh(√c‖x‖) x / (√c‖x‖)."""
     return _logmap0(x, c)

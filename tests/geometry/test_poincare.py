@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geometry import (clip_tangent, dist, dist0, expmap, expmap0, logmap, logmap0, mobius_add, mobius_affine,
+from geometry import (clip_tangent, clipped_expmap0, dist, dist0, expmap, expmap0, logmap, logmap0, mobius_add, mobius_affine,
                       mobius_matvec, pairwise_dist, project)
 from geometry.poincare import BALL_EPS
 
@@ -169,13 +169,30 @@ def test_project_and_clip():
     torch.testing.assert_close(clip_tangent(small, c), small)
 
 
+@pytest.mark.parametrize("c", CURVATURES)
+def test_clipped_expmap0_is_scale_clip_then_expmap0(c):
+    """The fused radial form equals the three steps it replaces, from the origin to far past the
+    clip radius, with a per-group scale, and has finite gradients at v = 0."""
+    g = torch.Generator().manual_seed(0)
+    radii = torch.tensor([0.0, 1e-30, 1e-6, 0.1, 1.0, 10.0, 1e4]).view(1, -1, 1)
+    v = (torch.randn(3, 7, 16, generator=g) * radii).requires_grad_()  # (G, N, D)
+    scale = torch.tensor([0.5, 1.0, 3.0]).view(3, 1, 1)
+    ct = torch.tensor(c, requires_grad=True)
+    fused = clipped_expmap0(v, ct, scale)
+    torch.testing.assert_close(fused, expmap0(clip_tangent(v * scale, ct), ct), atol=1e-6, rtol=1e-5)
+    assert fused.dtype == torch.float32 and clipped_expmap0(v.bfloat16(), ct, scale).dtype == torch.float32
+    fused.sum().backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(ct.grad)
+    torch.testing.assert_close(v.grad[:, 0], scale.view(3, 1).expand(3, 16))  # d exp_0(s v)/dv = s at the origin
+
+
 def test_gradcheck_float64():
     c = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     x = (ref.ball_points(3, 4, 1.3, 0.8, seed=1)).requires_grad_()
     y = (ref.ball_points(3, 4, 1.3, 0.8, seed=2)).requires_grad_()
     M = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     for fn, args in [(dist, (x, y, c)), (dist0, (x, c)), (mobius_add, (x, y, c)), (logmap, (x, y, c)),
-                     (expmap, (x, y, c)), (logmap0, (x, c)), (expmap0, (y, c)), (mobius_matvec, (M, x, c)),
+                     (expmap, (x, y, c)), (logmap0, (x, c)), (expmap0, (y, c)), (clipped_expmap0, (y * 3, c, 0.5 * torch.ones(1, dtype=torch.float64))), (mobius_matvec, (M, x, c)),
                      (pairwise_dist, (x, y, c)), (mobius_affine, (M, x, ref.ball_points(1, 5, 1.3, 0.5, seed=3)[0].requires_grad_(), c))]:
         assert torch.autograd.gradcheck(fn, args), fn.__name__
 
