@@ -100,8 +100,8 @@ def fit_steps(model: GeoSignTranslator, batch: dict, steps: int) -> list[float]:
 
 
 def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
-    """Median step time of each mode, modes interleaved round by round (first step of a round untimed:
-    it pays the Trainer's set-up)."""
+    """Median step time of each mode, modes interleaved round by round and the order rotated each
+    round, so no mode always runs first (first step of a round untimed: it pays the Trainer's set-up)."""
     models = {}
     for mode in MODES:
         torch.manual_seed(0)
@@ -111,8 +111,8 @@ def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
     for mode in MODES:  # one untimed fit each: first-call allocations and lazy initialisation
         fit_steps(models[mode], batch, 1)
     times = {mode: [] for mode in MODES}
-    for _ in range(rounds):
-        for mode in MODES:
+    for r in range(rounds):
+        for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
             times[mode] += fit_steps(models[mode], batch, steps + 1)[1:]
     base = statistics.median(times[None])
     return [{"config": name, "mode": mode or "baseline", "step_ms": 1e3 * statistics.median(times[mode]),
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                       {"compile": "also time torch.compile (inductor) of the branch; compiling takes minutes on CPU"})
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one Trainer per round: no banners
     warnings.filterwarnings("ignore", module="lightning")
-    configs, rounds, steps, repeats = (QUICK, 1, 2, 2) if args.quick else (CONFIGS, 3, 3, 15)
+    configs, rounds, steps, repeats = (QUICK, 1, 2, 2) if args.quick else (CONFIGS, 6, 3, 15)
     step_rows = [row for name, cfg in configs.items() for row in bench_steps(name, cfg, rounds, steps)]
     branch_cfg = next(iter(QUICK.values())) if args.quick else CONFIGS["paper"]
     branch_rows = bench_branch(branch_cfg, repeats, args.compile)
