@@ -100,7 +100,7 @@ def evict(paths: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
-    samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 3)
+    samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 5)
     step_s = demo_step_seconds(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

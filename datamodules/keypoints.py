@@ -134,10 +134,11 @@ PART_SLICES = {n: slice(a, b) for n, a, b in zip(PART_NAMES, _PART_STARTS, _PART
 def part_nodes(keypoints: np.ndarray, scores: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
     """The 69 part nodes of COCO-WholeBody frames: keypoints (T, 133, 2), scores (T, 133) ->
     (T', 69, 3) float32 (x, y, score), keeping only ``frames`` when given."""
-    rows = slice(None) if frames is None else frames[:, None]
-    out = np.empty((len(keypoints) if frames is None else len(frames), len(PART_NODES_COCO), 3), np.float32)
-    out[..., :2] = keypoints[rows, PART_NODES_COCO]
-    out[..., 2] = scores[rows, PART_NODES_COCO]
+    if frames is not None:  # rows first, then nodes: one 2-D fancy index is several times slower
+        keypoints, scores = keypoints[frames], scores[frames]
+    out = np.empty((len(keypoints), len(PART_NODES_COCO), 3), np.float32)
+    out[..., :2] = np.take(keypoints, PART_NODES_COCO, axis=1)
+    out[..., 2] = np.take(scores, PART_NODES_COCO, axis=1)
     return out
 
 
