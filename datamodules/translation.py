@@ -35,7 +35,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
