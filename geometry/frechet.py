@@ -65,7 +65,8 @@ def weighted_midpoints(w: Tensor, x: Tensor, c: Tensor) -> Tensor:
     return _klein_to_ball((lam_w @ x) / den, c)
 
 
-def _lou_step(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, c: Tensor) -> Tensor:
+def _lou_step(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
+              c: Tensor) -> Tensor:
     """One closed-form ball update of Lou et al. (2020) for curvature −c, on coefficients β of
     μ = Σ β_i x_i (so everything is a function of the N × N Gram matrix).
 
@@ -74,7 +75,8 @@ def _lou_step(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap:
     A = Σ α_i (1 + c‖x_i‖²) (Lou's quadratic root, rationalised so it stays exact as b → 0).
     ηα is invariant to rescaling α, so g's constant 4 is dropped. g is smooth in δ, so the Gram
     form's cancellation in ‖x_i − μ‖² (μ near some x_i) only perturbs α by O(eps); μ itself is
-    formed from the points directly at the end. Shapes: β, x2, gap_x, w_over_gap (..., N, 1).
+    formed from the points directly at the end. Shapes: β, x2, gap_x, w_over_gap and
+    lorentz_x = 1 + c‖x_i‖² (..., N, 1); the step-invariant ones are computed once by the caller.
     """
     tiny = torch.finfo(beta.dtype).tiny
     g_beta = gram @ beta  # (..., N, 1): ⟨x_i, μ⟩
@@ -83,7 +85,7 @@ def _lou_step(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap:
     delta = c * xmu2 / (gap_x * _gap(mu2, c))
     root = delta.clamp_min(tiny).sqrt()  # at δ < tiny, asinh(√δ)/√δ is 1 to the last bit
     alpha = w_over_gap * torch.asinh(root) / (root * torch.sqrt(1 + delta))
-    big_a = (alpha * (1 + c * x2)).sum(-2, keepdim=True)
+    big_a = (alpha * lorentz_x).sum(-2, keepdim=True)
     b2 = (alpha * (gram @ alpha)).sum(-2, keepdim=True)
     # A² > 4c‖b‖² strictly inside the ball (1 + c‖x‖² > 2√c‖x‖): the clamp only absorbs rounding
     return 2 * alpha / (big_a + (big_a * big_a - 4 * c * b2).clamp_min(0).sqrt()).clamp_min(tiny)
@@ -110,12 +112,13 @@ def frechet_mean(x: Tensor, w: Tensor, c: Tensor, dim: int, iters: int = FRECHET
     gram = x @ x.transpose(-1, -2)  # (..., N, N)
     # gyro-midpoint start (see _midpoint): coefficients λ_i w_i / Σ w γ, then Klein → ball
     gap = _gap(x2, c)
-    beta = w * 2 / gap / (w * (1 + c * x2) / gap).sum(-2, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    lorentz_x = 1 + c * x2
+    beta = w * 2 / gap / (w * lorentz_x / gap).sum(-2, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     m2 = (beta * (gram @ beta)).sum(-2, keepdim=True).clamp_min(0)
     beta = beta / (1 + _safe_sqrt(1 - c * m2))
     w_over_gap = w / gap
     for _ in range(iters):  # static count: unrolled by torch.compile, no data-dependent exit
-        beta = _lou_step(beta, gram, x2, gap, w_over_gap, c)
+        beta = _lou_step(beta, gram, x2, gap, w_over_gap, lorentz_x, c)
     return _project((beta * x).sum(-2), c.squeeze(-2) if c.ndim >= 2 else c)
 
 
