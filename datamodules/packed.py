@@ -11,7 +11,8 @@ Layout under ``cache_dir`` (the DataModule uses ``<label_dir>/packed``), per spl
   length]}, "errors": {name: [reason, message]}}``.
 
 ``fingerprint`` hashes the node list, the label file and every pose file it refers to (size,
-mtime), so a touched, replaced or deleted source (or a changed part layout) makes the cache stale and ``ensure_packed`` rebuilds it.
+mtime), so a touched, replaced or deleted source (or a changed part layout) makes the cache
+stale and ``ensure_packed`` rebuilds it.
 A pose file that cannot be read while packing is not an error here: its reason and message
 are stored and ``PackedPoses.read`` raises the same exception type with the same message
 when the sample is loaded, so ``on_bad_sample`` behaves exactly as on the pickle path.
@@ -62,8 +63,9 @@ def paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
     return Path(cache_dir) / f"{split}.npy", Path(cache_dir) / f"{split}.index.json"
 
 
-def _error_reason(err: Exception) -> str:
-    """The translation dataset's reason name for a pose-reading error (any other OSError is invalid)."""
+def error_reason(err: Exception) -> str:
+    """The skip reason of a pose-reading error, for the index and the translation dataset (any
+    other OSError is invalid)."""
     if isinstance(err, FileNotFoundError):
         return "missing"
     return "unsafe" if isinstance(err, UnsafePickleError) else "invalid"
@@ -96,7 +98,7 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
                 try:
                     keypoints, scores = read_pose_pickle(pose_path)  # (T, 133, 2), (T, 133)
                 except (OSError, ValueError, pickle.UnpicklingError) as err:
-                    index["errors"][name] = [_error_reason(err), str(err)]
+                    index["errors"][name] = [error_reason(err), str(err)]
                     continue
                 clip = part_nodes(keypoints, scores)  # (T, 69, 3) float32
                 f.write(clip.tobytes())

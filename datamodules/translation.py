@@ -39,10 +39,10 @@ from torch.utils.data import Dataset
 
 from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
                                  check_on_bad_sample, record_skips, skip_marker)
-from datamodules.formats import UnsafePickleError, read_pose_pickle, read_unisign_labels
+from datamodules.formats import read_pose_pickle, read_unisign_labels
 from datamodules.keypoints import (PART_SLICES, SCORE_THRESHOLD, normalise_clips, part_nodes,
                                    sample_frame_indices)
-from datamodules.packed import PackedPoses, ensure_packed
+from datamodules.packed import PackedPoses, ensure_packed, error_reason
 from datamodules.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,7 @@ class PoseTextDataset(Dataset):
         message = f"sample {record['name']!r}: {err}"
         if self.on_bad_sample == "raise":
             raise BadSampleError(message) from err
-        reason = ("missing" if isinstance(err, FileNotFoundError) else
-                  "unsafe" if isinstance(err, UnsafePickleError) else
-                  "low_score" if isinstance(err, _LowScore) else "invalid")
+        reason = "low_score" if isinstance(err, _LowScore) else error_reason(err)
         return skip_marker(record["name"], reason, message)
 
 

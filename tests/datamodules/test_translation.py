@@ -226,6 +226,15 @@ def test_translation_batch_contract(csl):
     assert dm.tokenizer.decode(ids[0], skip_special_tokens=True) == TEXTS[0]
 
 
+def test_long_targets_are_truncated_and_still_end_with_eos(csl):
+    dm = _dm(csl, batch_size=3, max_len=8, max_target_len=3)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    ids, lengths = batch["target_ids"], batch["target_mask"].sum(1)
+    assert lengths.tolist() == [min(len(t) + 1, 3) for t in TEXTS[:3]]
+    assert (ids[torch.arange(3), lengths - 1] == dm.tokenizer.eos_token_id).all()
+
+
 def test_eval_is_deterministic_and_train_varies_by_epoch(csl):
     dm = _dm(csl, batch_size=3, max_len=8)
     dm.setup()
