@@ -29,6 +29,7 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     assert rows["quick", "baseline"]["ratio"] == 1.0
     for row in rows.values():
         assert row["steps"] == 2 and row["step_ms"] > 0 and math.isfinite(row["ratio"])
+        assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
     variants = {(r["mode"], r["variant"]) for r in result["branch_rows"]}
     assert variants == {(m, v) for m in ("pooled", "token") for v in ("ours", "listings (geoopt)")}
     for row in result["branch_rows"]:
