@@ -13,7 +13,9 @@ a mask-and-replace matrix with keep α, uniform β and mask γ maps a vector v t
 and the product of such matrices from step s to step t is again one, with
     α_{s→t} = ᾱ_t / ᾱ_s,   1 − γ_{s→t} = (1 − γ̄_t) / (1 − γ̄_s),   β_{s→t} = (1 − α − γ) / K.
 The same formula gives the one-step Q_t (s = t − 1), the closed form Q̄_t (s = 0, Eq. 5) and the
-skipped-step posteriors of fast sampling.
+skipped-step posteriors of fast sampling. The sampler's own step (`reverse_step_probs`) is the
+one exception: there x_t holds only codes and [MASK], the posterior is a few products of
+probabilities that cannot underflow, and it is drawn from by inverting its CDF.
 """
 from __future__ import annotations
 

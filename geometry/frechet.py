@@ -11,7 +11,10 @@ from torch import Tensor
 
 from .poincare import _gap, _project, _safe_sqrt, _sqnorm, dist0, full_precision
 
-FRECHET_ITERS = 24  # fixed Lou et al. steps: float32-converged for tangent-clipped inputs (√c·d(0, x) ≤ 2)
+# Fixed Lou et al. steps from the gyro-midpoint. On F.2-clipped inputs (√c·d(0, x) ≤ 2), the
+# error to a float64 300-step reference shrinks ~5x per two steps and reaches float32's floor
+# (~3e-6) at 16 steps, even for skewed weights and near-duplicate points (12 steps: 1e-5).
+FRECHET_ITERS = 16
 
 
 def _point_dim(x: Tensor, dim: int, fn: str) -> int:

@@ -39,6 +39,19 @@ def test_frechet_mean_zeroes_variance_gradient_in_float32(c):
     assert (_riemannian_grad_norm(start, x, w, c) * c ** 0.5).max() > 1e-3
 
 
+def test_default_iterations_reach_float32_floor_on_hard_inputs():
+    """FRECHET_ITERS steps converge on clipped points at the clip radius, with skewed weights,
+    spread and near-duplicate points, for small and large curvature."""
+    g = torch.Generator().manual_seed(3)
+    for c in (0.3, 1.5, 3.0):
+        v = torch.randn(48, 4, 256, generator=g) * torch.empty(48, 4, 1).uniform_(0.01, 50, generator=g)
+        v[:16] = v[:16, :1] + 0.01 * torch.randn(16, 4, 256, generator=g)  # near-duplicate parts
+        x = expmap0(clip_tangent(v, c), c)
+        w = torch.softmax(torch.randn(48, 4, generator=g) * torch.tensor([0.3, 3.0]).repeat(24)[:, None], -1)
+        truth = frechet_mean(x.double(), w.double(), c, dim=1, iters=300)
+        assert dist(frechet_mean(x, w, c, dim=1).double(), truth, c).max() < 6e-6
+
+
 def test_frechet_mean_matches_karcher_flow_reference():
     c = 1.5
     x = _parts(c, batch=4, scale=0.8).double()
