@@ -1,10 +1,14 @@
 """SignTranslationDataModule throughput: per-video pose pickles vs the packed memory-mapped cache.
 
 Plain script: ``python benchmarks/data_loading.py [--quick] [--out DIR]``. Writes a CSL-Daily
-layout corpus of random poses to a temporary folder (clip lengths spread like CSL-Daily's),
-then for each page-cache state (warm: files read before; cold: every pose pickle and the packed
-array evicted with ``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a
-network file system), source (pickles, packed) and worker count (0, 2) times one training
+layout corpus of random poses to a temporary folder (clip lengths spread like CSL-Daily's) in two
+pickle layouts with the same values: ``array``, one (T, 1, 133, 2) float32 array per key (the
+cheapest to unpickle; SynthSign writes it), and ``per-frame``, lists of per-frame (1, 133, 2)
+float64 keypoint and (1, 133) float32 score arrays, which is what Uni-Sign's pose-extraction
+script (rtmlib, ``keypoints / [W, H]`` appended frame by frame) pickles. Then for each
+page-cache state (warm: files read before; cold: every pose pickle and the packed array evicted
+with ``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a network file
+system), source (pickles of either layout, packed) and worker count (0, 2) times one training
 epoch at the demo settings (batch 16, max_len 256) and records samples/s, the peak
 Python/numpy heap of the main process (tracemalloc; memory-mapped pages are file cache, not
 heap) and, with 2 workers, whether a batch arrives faster than the demo training step takes
@@ -34,18 +38,26 @@ BATCH, MAX_LEN = 16, 256  # the demo configs' batch_size and max_len (Uni-Sign's
 FRAMES = (60, 300)  # clip lengths drawn uniformly: CSL-Daily clips run about 2-12 s at 25 fps
 
 
-def write_corpus(root: Path, samples: int, seed: int = 0) -> tuple[Path, Path]:
-    """labels.{train,dev} + one Uni-Sign pose pickle per sample, as CSL-Daily ships them (dev
-    reuses two clips: setup("fit") wants it, the benchmark never reads it)."""
+LAYOUTS = ("array", "per-frame")  # pickle layouts, see the module docstring
+
+
+def write_corpus(root: Path, samples: int, layout: str, seed: int = 0) -> tuple[Path, Path]:
+    """labels.{train,dev} + one Uni-Sign pose pickle per sample in ``layout``, as CSL-Daily ships
+    them (dev reuses two clips: setup("fit") wants it, the benchmark never reads it). The same
+    ``seed`` gives the same clips in either layout."""
     rng = np.random.default_rng(seed)
-    label_dir, pose_dir = root / "labels", root / "pose_format"
+    label_dir, pose_dir = root / layout / "labels", root / layout / "pose_format"
     pose_dir.mkdir(parents=True)
     labels = {}
     for i in range(samples):
         name = f"S{i:06d}_P0000_T00"
         frames = int(rng.integers(*FRAMES, endpoint=True))
-        pose = {"keypoints": rng.uniform(0.3, 0.7, (frames, 1, 133, 2)).astype(np.float32),
-                "scores": rng.uniform(0.2, 1.0, (frames, 1, 133)).astype(np.float32)}
+        keypoints = rng.uniform(0.3, 0.7, (frames, 1, 133, 2)).astype(np.float32)
+        scores = rng.uniform(0.2, 1.0, (frames, 1, 133)).astype(np.float32)
+        if layout == "per-frame":
+            pose = {"keypoints": list(keypoints.astype(np.float64)), "scores": list(scores)}
+        else:
+            pose = {"keypoints": keypoints, "scores": scores}
         (pose_dir / f"{name}.pkl").write_bytes(pickle.dumps(pose, protocol=4))
         labels[name] = {"name": name, "gloss": ["你们", "好"], "text": "今天天气很好", "video_path": f"{name}.mp4"}
     label_dir.mkdir()
@@ -104,24 +116,27 @@ def main(argv: list[str] | None = None) -> None:
     step_s = demo_step_seconds(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        label_dir, pose_dir = write_corpus(Path(tmp), samples)
-        common = dict(dataset="csl_daily", label_dir=str(label_dir), pose_dir=str(pose_dir),
-                      tokenizer="synthsign-zh", batch_size=BATCH, max_len=MAX_LEN)
-        pack_s, _ = timed(SignTranslationDataModule(**common).prepare_data)
-        cache_files = list((label_dir / "packed").iterdir())
+        corpora = {layout: write_corpus(Path(tmp), samples, layout) for layout in LAYOUTS}
+        common = {layout: dict(dataset="csl_daily", label_dir=str(label_dir), pose_dir=str(pose_dir),
+                               tokenizer="synthsign-zh", batch_size=BATCH, max_len=MAX_LEN)
+                  for layout, (label_dir, pose_dir) in corpora.items()}
+        # the cache holds float32 part nodes, the same from either layout: build it from one
+        pack_s, _ = timed(SignTranslationDataModule(**common["array"]).prepare_data)
+        cache_files = list((corpora["array"][0] / "packed").iterdir())
         cache_mb = sum(p.stat().st_size for p in cache_files) / 2 ** 20
-        pose_files = list(pose_dir.iterdir()) + cache_files
+        all_files = cache_files + [p for _, pose_dir in corpora.values() for p in pose_dir.iterdir()]
+        sources = {f"pickles ({layout})": (common[layout], False) for layout in LAYOUTS}
+        sources["packed"] = (common["array"], True)
         read_rate = {}
         for cache in ("warm", "cold"):
-            for packed in (False, True):
-                source = "packed" if packed else "pickles"
+            for source, (kwargs, packed) in sources.items():
                 for workers in (0, 2):
                     runs = []
                     for _ in range(repeats):
                         if cache == "cold":
-                            evict(pose_files)
+                            evict(all_files)
                         # a fresh DataModule per epoch: its memory map opens after the eviction
-                        dm = SignTranslationDataModule(**common, packed=packed, num_workers=workers)
+                        dm = SignTranslationDataModule(**kwargs, packed=packed, num_workers=workers)
                         dm.setup("fit")
                         tracemalloc.start()
                         runs.append(epoch(dm))
@@ -129,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                         tracemalloc.stop()
                         del dm
                     if cache == "warm" and source not in read_rate:  # the same for any worker count
-                        dm = SignTranslationDataModule(**common, packed=packed)
+                        dm = SignTranslationDataModule(**kwargs, packed=packed)
                         dm.setup("fit")
                         read_rate[source] = max(read_stage(dm) for _ in range(repeats))  # the least disturbed pass
                     n, seconds, first_s = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # median epoch
@@ -140,24 +155,26 @@ def main(argv: list[str] | None = None) -> None:
                                  "peak_heap_mb": peak / 2 ** 20,
                                  "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
     by = {(r["cache"], r["source"], r["workers"]): r for r in rows}
-    speedup = {f"loader_{cache}_workers_{w}": by[cache, "packed", w]["samples_per_s"] / by[cache, "pickles", w]["samples_per_s"]
-               for cache in ("warm", "cold") for w in (0, 2)}
-    read_speedup = read_rate["packed"] / read_rate["pickles"]
+    speedup = {layout: {"read_stage": read_rate["packed"] / read_rate[f"pickles ({layout})"]}
+               | {f"loader_{cache}_workers_{w}":
+                  by[cache, "packed", w]["samples_per_s"] / by[cache, f"pickles ({layout})", w]["samples_per_s"]
+                  for cache in ("warm", "cold") for w in (0, 2)}
+               for layout in LAYOUTS}
     print_table(f"SignTranslationDataModule, {samples} clips of {FRAMES[0]}-{FRAMES[1]} frames, batch {BATCH}, "
                 f"max_len {MAX_LEN}; packing took {pack_s:.1f} s ({cache_mb:.0f} MB)", rows,
                 [("cache", "page cache", "s"), ("source", "source", "s"), ("workers", "workers", "d"),
                  ("read_clips_per_s", "read clips/s", ".0f"), ("samples_per_s", "samples/s", ".0f"),
                  ("batch_ms", "ms/batch", ".1f"), ("first_batch_s", "first batch s", ".2f"),
                  ("peak_heap_mb", "peak heap MB", ".1f"), ("keeps_up", "keeps up", "")])
-    print(f"packed / pickles: read stage {read_speedup:.1f}x; loader (0 / 2 workers) "
-          + ", ".join(f"{cache} {speedup[f'loader_{cache}_workers_0']:.1f}x / {speedup[f'loader_{cache}_workers_2']:.1f}x"
-                      for cache in ("warm", "cold"))
-          + "; demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
+    for layout, ratios in speedup.items():
+        print(f"packed / pickles ({layout}): read stage {ratios['read_stage']:.1f}x; loader (0 / 2 workers) "
+              + ", ".join(f"{cache} {ratios[f'loader_{cache}_workers_0']:.1f}x / {ratios[f'loader_{cache}_workers_2']:.1f}x"
+                          for cache in ("warm", "cold")))
+    print("demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
     write_results("data_loading", args.out, {
         "samples": samples, "frames": FRAMES, "batch": BATCH, "max_len": MAX_LEN, "repeats": repeats,
         "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "demo_step_s": step_s,
-        "speedup_packed_over_pickles": {"read_stage": read_speedup, **speedup},
-        "rows": rows})
+        "speedup_packed_over_pickles": speedup, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@
 Plain script: ``python benchmarks/hyperbolic_overhead.py [--quick] [--compile] [--out DIR]``.
 
 1. Full training steps (forward + backward + both optimisers, through a Lightning Trainer
-   exactly as ``lightning fit`` runs them) of ``GeoSignTranslator`` with ``hyperbolic`` null
-   (the Uni-Sign baseline), pooled and token, at three configurations:
+   exactly as ``lightning fit`` runs them) of ``GeoSignTranslator`` with ``hyperbolic`` pooled
+   and token against the Uni-Sign baseline (the same model with the branch switched off), at
+   three configurations:
    ``issue`` (the issue's measurement: batch 8, 64 frames, 20 text tokens, hyp_dim 256, a
    128-wide 2+2-layer mT5), ``demo`` (experiments/demo/*.yaml) and ``paper`` (the paper's
    hyperbolic shapes, Table 3 / F.1.1: batch 8, 4 parts, hyp_dim 256, 100 text tokens, LM width
-   768; the mT5 keeps 2+2 layers so a CPU step stays seconds, not minutes). Modes take turns
-   round by round so a burst of load on the shared box hits them alike; the ratio to the
-   baseline is taken round by round (its median and quartiles are reported). Goal: pooled and
-   token within 1.05x of the baseline.
+   768; the mT5 keeps 2+2 layers so a CPU step stays seconds, not minutes). Branch on and off
+   take turns round by round so a burst of load on the shared box hits both alike; the ratio is
+   taken round by round (its median and quartiles are reported). Goal: pooled and token within
+   1.05x of the baseline.
 2. The hyperbolic branch alone (``HyperbolicBranch`` forward + backward at the paper shapes)
    against the same computation written with ``benchmarks/geoopt_reference.py`` (listings
    4-8 on geoopt: the 50-iteration Fréchet mean with its per-step convergence check, broadcast
@@ -30,7 +31,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
 
 import lightning as L
 import torch
@@ -44,7 +46,7 @@ from datamodules.keypoints import PART_NAMES, PART_NODES  # noqa: E402
 from lightning_modules.geosign import GeoSignTranslator  # noqa: E402
 from lightning_modules.hyperbolic_branch import HyperbolicBranch, masked_mean  # noqa: E402
 
-MODES = (None, "pooled", "token")
+MODES = ("pooled", "token")
 PAPER_ENCODER = {"hidden": [64, 64, 128, 256]}  # ST-GCN widths, part_dim 256 (supplement C.1)
 CONFIGS = {
     "issue": dict(batch=8, frames=64, tokens=20, hyp_dim=256, encoder=PAPER_ENCODER,
@@ -100,31 +102,46 @@ def fit_steps(model: GeoSignTranslator, batch: dict, steps: int) -> list[float]:
     return timer.times
 
 
+@contextmanager
+def branch_off(model: GeoSignTranslator) -> Iterator[None]:
+    """The same network as the Uni-Sign baseline: no hyperbolic branch, no α blend, and so (the
+    optimisers are configured per fit) no Riemannian Adam. Restored on exit."""
+    saved = model.hyperbolic, model.blend
+    model.hyperbolic = model.blend = None
+    try:
+        yield
+    finally:
+        model.hyperbolic, model.blend = saved
+
+
 def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
-    """Step time of each mode and its ratio to the baseline. Modes take turns round by round, the
-    order rotated each round so no mode always runs first (the first step of a round is untimed:
-    it pays the Trainer's set-up). The ratio is the median over rounds of each round's median
-    step / the baseline's in the same round, so load that drifts over minutes cancels; the
-    quartiles of the per-round ratios show the step-to-step noise the ratio sits in."""
-    models = {}
-    for mode in MODES:
-        torch.manual_seed(0)
-        models[mode] = GeoSignTranslator(mt5_config=cfg["mt5"], encoder=cfg["encoder"], hyperbolic=mode,
-                                         hyp_dim=cfg["hyp_dim"])
+    """Step time of pooled and token against the baseline. Each mode's model runs with its branch
+    on and off (``branch_off``: exactly the baseline network), so the ratio compares the same
+    weights and memory layout and only the branch differs. On and off take turns round by round,
+    the order swapped every round (the first step of a fit is untimed: it pays the Trainer's
+    set-up). The ratio is the median over rounds of on / off within the round, so load that
+    drifts over minutes cancels; the quartiles of the per-round ratios show the noise it sits in."""
     batch = make_batch(cfg)
-    for mode in MODES:  # one untimed fit each: first-call allocations and lazy initialisation
-        fit_steps(models[mode], batch, 1)
-    per_round = {mode: [] for mode in MODES}  # median step of each round
-    for r in range(rounds):
-        for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
-            per_round[mode].append(statistics.median(fit_steps(models[mode], batch, steps + 1)[1:]))
     rows = []
     for mode in MODES:
-        ratios = [t / b for t, b in zip(per_round[mode], per_round[None])]
+        torch.manual_seed(0)
+        model = GeoSignTranslator(mt5_config=cfg["mt5"], encoder=cfg["encoder"], hyperbolic=mode,
+                                  hyp_dim=cfg["hyp_dim"])
+        per_round = {True: [], False: []}  # branch on / off: median step of each round
+
+        def run(on: bool, n: int) -> list[float]:
+            with nullcontext() if on else branch_off(model):
+                return fit_steps(model, batch, n)
+
+        run(True, 1), run(False, 1)  # untimed: first-call allocations and lazy initialisation
+        for r in range(rounds):
+            for on in (True, False) if r % 2 == 0 else (False, True):
+                per_round[on].append(statistics.median(run(on, steps + 1)[1:]))
+        ratios = [on / off for on, off in zip(per_round[True], per_round[False])]
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-        rows.append({"config": name, "mode": mode or "baseline", "step_ms": 1e3 * statistics.median(per_round[mode]),
-                     "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3,
-                     "steps": rounds * steps})
+        rows.append({"config": name, "mode": mode, "step_ms": 1e3 * statistics.median(per_round[True]),
+                     "baseline_ms": 1e3 * statistics.median(per_round[False]), "ratio": statistics.median(ratios),
+                     "ratio_q1": q1, "ratio_q3": q3, "steps": rounds * steps})
     return rows
 
 
@@ -215,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     branch_cfg = next(iter(QUICK.values())) if args.quick else CONFIGS["paper"]
     branch_rows = bench_branch(branch_cfg, repeats, args.compile)
     print_table(f"Training step (fwd + bwd + optimisers), torch threads {torch.get_num_threads()}, "
-                f"{rounds} rounds x {steps} steps per mode; ratio: median of per-round ratios", step_rows,
+                f"{rounds} rounds x {steps} steps, branch on and off; ratio: median of per-round ratios", step_rows,
                 [("config", "config", "s"), ("mode", "mode", "s"), ("step_ms", "ms/step", ".1f"),
-                 ("ratio", "x baseline", ".3f"), ("ratio_q1", "round q1", ".3f"), ("ratio_q3", "round q3", ".3f")])
+                 ("baseline_ms", "baseline ms", ".1f"), ("ratio", "x baseline", ".3f"), ("ratio_q1", "round q1", ".3f"), ("ratio_q3", "round q3", ".3f")])
     print()
     print_table(f"Hyperbolic branch alone, fwd + bwd, batch {branch_cfg['batch']}, {branch_cfg['tokens']} tokens, "
                 f"hyp_dim {branch_cfg['hyp_dim']}, text width {branch_cfg['mt5']['d_model']}", branch_rows,
