@@ -154,8 +154,9 @@ def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = S
     and low-score points become (0, 0, 0). A clip with fewer than 4 confident body points (or
     a degenerate box) has scale 0 and is all zeros, Uni-Sign's behaviour.
 
-    Works channel-first, (3, N, 69), so every op runs over contiguous node rows; the result is
-    a (N, 69, 3) view of that, which the collate's padding copy makes contiguous.
+    Works channel-first, (3, N, 69), so every op runs over contiguous node rows, and interleaves
+    the channels back into a contiguous (N, 69, 3) at the end, so every part's frames are
+    contiguous (69 · 3)-float rows for the collate to copy.
     """
     x = torch.from_numpy(nodes).permute(2, 0, 1)  # (3, N, 69) view
     lengths = torch.as_tensor(lengths)
@@ -173,9 +174,9 @@ def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = S
         xy[:, :, nodes_of] -= xy[:, :, nodes_of.start + anchor, None].clone()  # the anchor itself becomes 0
         xy[:, :, nodes_of] /= frame_scale
     keep = (score > threshold) & (scale > 0)[clip][:, None]  # (N, 69)
-    out = torch.cat([xy, score[None]]).clamp_(-1, 1)  # (3, N, 69); Uni-Sign clips the score channel too
-    out.mul_(keep)  # low-score points and unconfident clips become (0, 0, 0)
-    return out.permute(1, 2, 0), scale
+    out = torch.stack((xy[0], xy[1], score), dim=-1).clamp_(-1, 1)  # (N, 69, 3); Uni-Sign clips the score too
+    out.mul_(keep[..., None])  # low-score points and unconfident clips become (0, 0, 0)
+    return out, scale
 
 
 def _crop_boxes(body_xy: torch.Tensor, valid: torch.Tensor, clip: torch.Tensor, clips: int,
