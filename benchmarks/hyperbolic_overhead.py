@@ -30,8 +30,8 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Callable, Iterator
 
 import lightning as L
