@@ -129,6 +129,18 @@ def test_reverse_step_probs_equal_the_log_space_posterior(seed, t, gap, sharp):
     assert (fast[..., K][x_t < K] == 0).all()  # a code never came from [MASK]
 
 
+@pytest.mark.parametrize("t,s", [(2, 1), (11, 1), (100, 90), (100, 1)])
+def test_reverse_step_probs_at_the_paper_schedule(t, s):
+    """K = 256, T = 100: β̄_t is ~4e-9 at t = 2, so w(x0) reaches ~1e8 in float32; still q_posterior."""
+    diff = MaskReplaceDiffusion(256, num_timesteps=100)
+    g = torch.Generator().manual_seed(t)
+    log_x0 = torch.log_softmax(8 * torch.randn(1, 64, 256, generator=g), -1)
+    x_t = torch.randint(0, 257, (1, 64), generator=g)
+    fast = diff.reverse_step_probs(log_x0.exp(), x_t, t, s).double()
+    exact = diff.q_posterior(log_x0, x_t, torch.tensor([t]), torch.tensor([s])).exp().double()[..., :257]
+    torch.testing.assert_close(fast / fast.sum(-1, keepdim=True), exact, atol=1e-6, rtol=1e-4)
+
+
 def test_sample_categorical_follows_the_weights():
     weights = torch.tensor([[0.0, 3.0, 1.0, 0.0, 1e-2, 6.0, 0.0],  # unnormalised, zeros inside and at the end
                             [0.0, 0.0, 0.0, 2.5, 0.0, 0.0, 0.0]])  # one class with mass
