@@ -220,8 +220,8 @@ class MaskReplaceDiffusion(nn.Module):
         ops (no logaddexp), so a sampling step costs about a fifth of `q_posterior`; the test
         suite checks the two agree. w(x0) = p(x0) / q(x_t | x0), then Q̄_s w, then q(x_t | x_s).
         """
-        a_s, a_t = self.alpha_bar[s].item(), self.alpha_bar[t].item()
-        g_s, g_t = self.gamma_bar[s].item(), self.gamma_bar[t].item()
+        a_s, a_t = self.alpha_bar[[s, t]].tolist()
+        g_s, g_t = self.gamma_bar[[s, t]].tolist()
         b_s, b_t = (1 - a_s - g_s) / self.num_classes, (1 - a_t - g_t) / self.num_classes
         alpha, keep = a_t / a_s, (1 - g_t) / (1 - g_s)
         beta = max((keep - alpha) / self.num_classes, 0.0)  # max: float64 rounding when the ratio is flat

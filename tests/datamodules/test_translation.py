@@ -118,6 +118,7 @@ def test_normalise_clips_equals_one_clip_at_a_time(seed, lengths, unconfident):
     kps = [c["keypoints"][:, 0].astype(np.float32) for c in clips]
     scs = [c["scores"][:, 0] for c in clips]
     batch, scales = normalise_clips(np.concatenate([part_nodes(k, sc) for k, sc in zip(kps, scs)]), np.array(lengths))
+    assert batch.is_contiguous()  # parts are then views with contiguous node rows for the collate
     clips = np.split(batch.numpy(), np.cumsum(lengths)[:-1])
     for i, (k, sc) in enumerate(zip(kps, scs)):
         one, scale = normalise_parts(k, sc)
