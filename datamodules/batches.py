@@ -87,7 +87,9 @@ def pad_time(seqs: Sequence[torch.Tensor], repeat_last: bool) -> tuple[torch.Ten
         return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True), mask
     starts = lengths.cumsum(0) - lengths
     steps = torch.minimum(torch.arange(mask.shape[1])[None], lengths[:, None] - 1)  # (B, T_max), last step repeated
-    return torch.cat(list(seqs))[starts[:, None] + steps], mask
+    rows = (starts[:, None] + steps).view(-1)  # (B * T_max,) into the concatenation
+    # index_select copies whole rows; advanced indexing would gather them float by float (~4x slower)
+    return torch.cat(list(seqs)).index_select(0, rows).view(*mask.shape, *seqs[0].shape[1:]), mask
 
 
 class TranslationCollate:

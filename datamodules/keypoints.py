@@ -143,11 +143,12 @@ def part_nodes(keypoints: np.ndarray, scores: np.ndarray, frames: np.ndarray | N
 
 
 def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = SCORE_THRESHOLD,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Uni-Sign's part normalisation (``load_part_kp`` / ``crop_scale``) of a batch of clips in one pass.
 
     nodes (N, 69, 3) = ``part_nodes`` of B clips concatenated along time, ``lengths`` (B,) their
-    frame counts -> (normalised (N, 69, 3) float32, scales (B,)); ``PART_SLICES`` cut the parts.
+    frame counts -> (normalised (N, 69, 3) float32, box corners (2, B), box sides = scales (B,));
+    ``PART_SLICES`` cut the parts.
     Each clip's body crop box (the square of side max(w, h) around the confident body points
     of all its frames) is mapped to [-1, 1]; hands and face are taken relative to their anchor
     node (wrist root, nose tip) and divided by the box side; everything is clipped to [-1, 1]
@@ -163,7 +164,7 @@ def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = S
     clip = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (N,) clip of each frame
     xy, score = x[:2].contiguous(), x[2].contiguous()  # (2, N, 69), (N, 69): owned copies
     body = PART_SLICES["body"]
-    corner, scale = _crop_boxes(xy[:, :, body], score[:, body] > threshold, clip, len(lengths))
+    corner, scale = _crop_boxes(body_extremes(torch.from_numpy(nodes[:, body]), threshold), clip, len(lengths))
     frame_scale = torch.where(scale > 0, scale, 1)[clip][:, None]  # (N, 1); 1 keeps 0-scale clips finite
     xy[:, :, body] -= corner[:, clip, None]
     xy[:, :, body] /= frame_scale
@@ -176,19 +177,66 @@ def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = S
     keep = (score > threshold) & (scale > 0)[clip][:, None]  # (N, 69)
     out = torch.stack((xy[0], xy[1], score), dim=-1).clamp_(-1, 1)  # (N, 69, 3); Uni-Sign clips the score too
     out.mul_(keep[..., None])  # low-score points and unconfident clips become (0, 0, 0)
+    return out, corner, scale
+
+
+def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, corners: np.ndarray,
+                scales: np.ndarray, threshold: float = SCORE_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """``normalise_clips`` of frame subsets, from their clips normalised whole (the packed cache).
+
+    nodes (N, 69, 3): rows of B clips' whole-clip ``normalise_clips`` output at the sampled
+    frames, concatenated; extremes (N, 5): the same frames' ``body_extremes``; lengths (B,); the
+    whole clips' corners (2, B) and scales (B,) -> (normalised (N, 69, 3), subset scales (B,)),
+    as ``normalise_clips`` gives for the raw subsets, up to float32 rounding.
+
+    A subset's box comes from its own frames' extremes, as in ``normalise_clips``, so it is
+    exact, and it lies inside the whole clip's box: side s' <= s. So
+    the map is affine per clip with gain a = s / s' >= 1: body n' = a n + (a - 1 + 2 (c - c') / s')
+    (from n = 2 (xy - c) / s - 1), hands and face n' = a n. Clipping commutes with it: confident
+    body points lie inside both boxes (nothing was clipped), and a hand or face value clipped
+    to +-1 under s is beyond +-1 under s' too, since a >= 1.
+    """
+    out = torch.from_numpy(nodes)  # (N, 69, 3), modified in place: callers pass an owned copy
+    lengths = torch.as_tensor(lengths)
+    clips = len(lengths)
+    clip = torch.repeat_interleave(torch.arange(clips), lengths)  # (N,)
+    corner, scale = _crop_boxes(torch.from_numpy(extremes), clip, clips)
+    ok = scale > 0
+    side = torch.where(ok, scale, 1)  # 1 keeps unconfident subsets finite; they are zeroed below
+    gain = torch.where(ok, torch.as_tensor(scales) / side, 0)  # (B,)
+    shift = torch.where(ok, gain - 1 + 2 * (torch.as_tensor(corners) - corner) / side, 0)  # (2, B)
+    # per-clip rows of factors over a frame's 69 (x, y, score) triples: the multiply then runs
+    # along contiguous 207-float rows (a broadcast over the last size-3 axis is several times slower)
+    factor = ok.to(out.dtype)[:, None, None].repeat(1, out.shape[1], 3)  # (B, 69, 3); 0 zeroes a clip
+    factor[..., :2] = gain[:, None, None]
+    flat = out.view(len(clip), -1)  # (N, 207)
+    flat.mul_(factor.view(clips, -1).index_select(0, clip))  # index_select copies whole rows, indexing gathers floats
+    body_out = out[:, PART_SLICES["body"]]  # (N, 9, 3) view
+    # stored low-score points are (0, 0, 0) and stored scores are clipped, so score > threshold is
+    # still Uni-Sign's keep mask: only confident body points move
+    body_out[..., :2] += shift.T.index_select(0, clip)[:, None] * (body_out[..., 2:] > threshold)
+    flat.clamp_(-1, 1)  # scores are already in [0, 1]
     return out, scale
 
 
-def _crop_boxes(body_xy: torch.Tensor, valid: torch.Tensor, clip: torch.Tensor, clips: int,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-clip body boxes: body xy (2, N, 9), confident (N, 9), clip index of each frame (N,) ->
-    top-left corners (2, B), sides (B,), side 0 when a clip has fewer than 4 confident points.
-    Per-frame extremes first, then one scatter-reduce per statistic over each clip's frames."""
+def body_extremes(body: torch.Tensor, threshold: float = SCORE_THRESHOLD) -> torch.Tensor:
+    """What a crop box needs from each frame: raw body nodes (N, 9, 3) -> (N, 5) float32 = min x,
+    min y, max x, max y over the confident points (+-inf when there are none), and their count."""
+    valid = (body[..., 2] > threshold)[..., None]  # (N, 9, 1)
+    xy = body[..., :2]
     inf = torch.tensor(torch.inf)
-    index = clip.expand(2, -1)  # (2, N)
-    lo = torch.full((2, clips), torch.inf).scatter_reduce(1, index, torch.where(valid, body_xy, inf).amin(2), "amin")
-    hi = torch.full((2, clips), -torch.inf).scatter_reduce(1, index, torch.where(valid, body_xy, -inf).amax(2), "amax")
-    ok = torch.zeros(clips, dtype=torch.long).index_add_(0, clip, valid.sum(1)) >= MIN_VALID_BODY_POINTS
-    lo, hi = torch.where(ok, lo, 0), torch.where(ok, hi, 0)  # (2, B); no inf arithmetic below
-    scale = (hi - lo).amax(0)  # (B,)
-    return (lo + hi - scale) / 2, scale  # corner of the square centred on the bbox
+    return torch.cat((torch.where(valid, xy, inf).amin(1), torch.where(valid, xy, -inf).amax(1),
+                      valid.sum(1, dtype=body.dtype)), dim=1)
+
+
+def _crop_boxes(extremes: torch.Tensor, clip: torch.Tensor, clips: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-clip body boxes: ``body_extremes`` of the frames (N, 5), clip index of each frame (N,)
+    -> top-left corners (2, B), sides (B,), side 0 when a clip has fewer than 4 confident
+    points. One scatter-reduce per statistic over each clip's frames."""
+    index = clip[:, None].expand(-1, 2)  # (N, 2)
+    lo = torch.full((clips, 2), torch.inf).scatter_reduce(0, index, extremes[:, :2], "amin")
+    hi = torch.full((clips, 2), -torch.inf).scatter_reduce(0, index, extremes[:, 2:4], "amax")
+    ok = torch.zeros(clips).index_add_(0, clip, extremes[:, 4]) >= MIN_VALID_BODY_POINTS
+    lo, hi = torch.where(ok[:, None], lo, 0), torch.where(ok[:, None], hi, 0)  # (B, 2); no inf arithmetic below
+    scale = (hi - lo).amax(1)  # (B,)
+    return ((lo + hi - scale[:, None]) / 2).T, scale  # corner of the square centred on the bbox

@@ -1,23 +1,26 @@
-"""Packed pose cache: every pose pickle of a split unpickled once into one memory-mapped array.
+"""Packed pose cache: every pose pickle of a split unpickled and normalised once into memory-mapped arrays.
 
 Layout under ``cache_dir`` (the DataModule uses ``<label_dir>/packed``), per split:
 
-- ``<split>.npy``: float32 (N_frames, 69, 3) = x, y, score of the four parts' nodes
-  (``part_nodes``: the only keypoints the model sees) in every frame of every sample,
-  concatenated in label order. Raw coordinates, not normalised parts: Uni-Sign's
-  normalisation depends on which frames are sampled (crop_scale spans the sampled frames), so
-  it stays a train-time step.
+- ``<split>.npy``: float32 (N_frames, 69, 3), the four parts' nodes (``part_nodes``: the only
+  keypoints the model sees) of every frame of every sample, concatenated in label order, each
+  clip normalised whole by ``normalise_clips``. That is the batch value of a clip that keeps
+  all its frames, so loading it normalises nothing.
+- ``<split>.extremes.npy``: float32 (N_frames, 5), ``body_extremes`` of the same frames. Uni-Sign's
+  crop box spans the sampled frames only, so a clip cut to ``max_len`` frames gets its own box
+  from these and ``rebox_clips`` maps its normalised rows onto it.
 - ``<split>.index.json``: ``{"version", "fingerprint", "frames", "samples": {name: [offset,
-  length]}, "errors": {name: [reason, message]}}``.
+  length, corner_x, corner_y, scale]}, "errors": {name: [reason, message]}}``, with the whole
+  clip's crop box (scale 0: too few confident body points).
 
-``fingerprint`` hashes the node list, the label file and every pose file it refers to (size,
-mtime), so a touched, replaced or deleted source (or a changed part layout) makes the cache
-stale and ``ensure_packed`` rebuilds it.
+``fingerprint`` hashes the node list, the normalisation constants, the label file and every pose
+file it refers to (size, mtime), so a touched, replaced or deleted source (or a changed part
+layout) makes the cache stale and ``ensure_packed`` rebuilds it.
 A pose file that cannot be read while packing is not an error here: its reason and message
 are stored and ``PackedPoses.read`` raises the same exception type with the same message
 when the sample is loaded, so ``on_bad_sample`` behaves exactly as on the pickle path.
-Both files are written to temporaries and renamed into place, the index last (it is the
-commit marker: a reader never pairs a fresh index with a half-written array).
+All files are written to temporaries and renamed into place, the index last (it is the
+commit marker: a reader never pairs a fresh index with half-written arrays).
 """
 from __future__ import annotations
 
@@ -28,15 +31,18 @@ import os
 import pickle
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from datamodules.formats import UnsafePickleError, read_pose_pickle
-from datamodules.keypoints import PART_NODES_COCO, part_nodes
+import torch
 
-FORMAT_VERSION = 2  # 1 stored all 133 COCO keypoints
-FRAME_SHAPE = (len(PART_NODES_COCO), 3)  # x, y, score
+from datamodules.keypoints import (MIN_VALID_BODY_POINTS, PART_NODES_COCO, PART_SLICES, SCORE_THRESHOLD,
+                                   body_extremes, normalise_clips, part_nodes)
+
+FORMAT_VERSION = 3  # 1 stored all 133 COCO keypoints, 2 the raw part nodes
+ARRAYS = {"nodes": (len(PART_NODES_COCO), 3), "extremes": (5,)}  # shape of a frame's row
 # Exception types a pose file can fail with, by the reason name the translation dataset uses.
 ERROR_TYPES = {"missing": FileNotFoundError, "unsafe": UnsafePickleError, "invalid": ValueError}
 
@@ -52,15 +58,18 @@ def _stat(path: Path) -> list:
 def fingerprint(label_path: Path, pose_paths: Sequence[Path]) -> str:
     """sha256 over the stored node list, then the label file's and each pose file's (name, size,
     mtime_ns), in order."""
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, PART_NODES_COCO.tolist(), _stat(Path(label_path))]).encode())
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, PART_NODES_COCO.tolist(), SCORE_THRESHOLD, MIN_VALID_BODY_POINTS,
+                                   _stat(Path(label_path))]).encode())
     for path in pose_paths:
         h.update(json.dumps(_stat(Path(path))).encode())
     return h.hexdigest()
 
 
-def paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
-    """(array, index) paths of one split's cache."""
-    return Path(cache_dir) / f"{split}.npy", Path(cache_dir) / f"{split}.index.json"
+def paths(cache_dir: Path, split: str) -> tuple[dict[str, Path], Path]:
+    """({"nodes", "extremes"} array paths, index path) of one split's cache."""
+    cache_dir = Path(cache_dir)
+    arrays = {"nodes": cache_dir / f"{split}.npy", "extremes": cache_dir / f"{split}.extremes.npy"}
+    return arrays, cache_dir / f"{split}.index.json"
 
 
 def error_reason(err: Exception) -> str:
@@ -71,10 +80,10 @@ def error_reason(err: Exception) -> str:
     return "unsafe" if isinstance(err, UnsafePickleError) else "invalid"
 
 
-def _npy_header(frames: int) -> bytes:
+def _npy_header(frames: int, row: tuple[int, ...]) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (frames, *FRAME_SHAPE)})
+        buf, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (frames, *row)})
     return buf.getvalue()
 
 
@@ -83,17 +92,18 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
 
     Frames stream straight to disk (a split never has to fit in memory). Returns the index.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    array_path, index_path = paths(cache_dir, split)
+    array_paths, index_path = paths(cache_dir, split)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp_array, tmp_index = array_path.with_name(array_path.name + tag), index_path.with_name(index_path.name + tag)
-    header = _npy_header(0)
+    tmp = {key: path.with_name(path.name + tag) for key, path in array_paths.items()}
+    tmp_index = index_path.with_name(index_path.name + tag)
     index = {"version": FORMAT_VERSION, "fingerprint": fingerprint(label_path, [p for _, p in samples]),
              "frames": 0, "samples": {}, "errors": {}}
     try:
-        with tmp_array.open("wb") as f:
-            f.write(header)  # placeholder; rewritten with the real frame count below
+        files = {key: path.open("wb") for key, path in tmp.items()}
+        try:
+            for key, f in files.items():  # placeholders; rewritten with the real frame count below
+                f.write(_npy_header(0, ARRAYS[key]))
             for name, pose_path in samples:
                 try:
                     keypoints, scores = read_pose_pickle(pose_path)  # (T, 133, 2), (T, 133)
@@ -101,32 +111,40 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
                     index["errors"][name] = [error_reason(err), str(err)]
                     continue
                 clip = part_nodes(keypoints, scores)  # (T, 69, 3) float32
-                f.write(clip.tobytes())
-                index["samples"][name] = [index["frames"], len(clip)]
+                normalised, corner, scale = normalise_clips(clip, np.array([len(clip)]))
+                files["nodes"].write(normalised.numpy().tobytes())
+                files["extremes"].write(body_extremes(torch.from_numpy(clip[:, PART_SLICES["body"]])).numpy().tobytes())
+                index["samples"][name] = [index["frames"], len(clip), *corner[:, 0].tolist(), scale.item()]
                 index["frames"] += len(clip)
-            final = _npy_header(index["frames"])
-            # numpy pads the header so the first axis can grow in place; this fires only if a numpy stops doing so
-            if len(final) != len(header):
-                raise RuntimeError(f"{array_path}: .npy header size changed with the frame count")
-            f.seek(0)
-            f.write(final)
-        os.replace(tmp_array, array_path)
+            for key, f in files.items():
+                final = _npy_header(index["frames"], ARRAYS[key])
+                # numpy pads the header so the first axis can grow in place; this fires only if a numpy stops doing so
+                if len(final) != len(_npy_header(0, ARRAYS[key])):
+                    raise RuntimeError(f"{array_paths[key]}: .npy header size changed with the frame count")
+                f.seek(0)
+                f.write(final)
+        finally:
+            for f in files.values():
+                f.close()
+        for key, path in tmp.items():
+            os.replace(path, array_paths[key])
         tmp_index.write_text(json.dumps(index))
         os.replace(tmp_index, index_path)
     finally:
-        tmp_array.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
+        for path in (*tmp.values(), tmp_index):
+            path.unlink(missing_ok=True)
     return index
 
 
 def read_index(cache_dir: Path, split: str) -> dict | None:
     """The split's index, or None when absent, unreadable or from another format version."""
-    array_path, index_path = paths(cache_dir, split)
+    array_paths, index_path = paths(cache_dir, split)
     try:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(index, dict) or index.get("version") != FORMAT_VERSION or not array_path.is_file():
+    if (not isinstance(index, dict) or index.get("version") != FORMAT_VERSION
+            or not all(path.is_file() for path in array_paths.values())):
         return None
     return index
 
@@ -139,19 +157,26 @@ def ensure_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequen
     return True
 
 
-class PackedPoses:
-    """One split's packed frames: ``read(name)`` gives ``part_nodes`` of ``read_pose_pickle``'s
-    keypoints and scores, (T, 69, 3).
+class PackedClip(NamedTuple):
+    """One sample in the cache: views of its frames plus its whole-clip crop box."""
+    nodes: np.ndarray  # (T, 69, 3) normalised as one clip by ``normalise_clips``
+    extremes: np.ndarray  # (T, 5) ``body_extremes``, for ``rebox_clips``
+    corner: tuple[float, float]
+    scale: float  # 0: too few confident body points, every part is zeros
 
-    The memory map opens lazily and is dropped when pickled, so DataLoader workers (fork or
-    spawn) each map the file themselves instead of receiving a copy of the array.
+
+class PackedPoses:
+    """One split's packed frames: ``read(name)`` gives the sample's ``PackedClip``.
+
+    The memory maps open lazily and are dropped when pickled, so DataLoader workers (fork or
+    spawn) each map the files themselves instead of receiving a copy of the arrays.
     """
 
     def __init__(self, cache_dir: Path, split: str, index: dict):
-        self.array_path = paths(cache_dir, split)[0]
+        self.array_paths = paths(cache_dir, split)[0]
         self.samples, self.errors = index["samples"], index["errors"]
         self.frames = index["frames"]
-        self._array: np.ndarray | None = None
+        self._arrays: dict[str, np.ndarray] | None = None
 
     @classmethod
     def open(cls, cache_dir: Path, split: str, label_path: Path, pose_paths: Sequence[Path]) -> PackedPoses | None:
@@ -162,25 +187,31 @@ class PackedPoses:
         return cls(cache_dir, split, index)
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_array": None}
+        return self.__dict__ | {"_arrays": None}
 
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            array = np.load(self.array_path, mmap_mode="r")  # (N_frames, 69, 3)
-            if array.shape != (self.frames, *FRAME_SHAPE) or array.dtype != np.float32:
-                raise ValueError(f"{self.array_path}: shape {array.shape} {array.dtype} does not match its "
-                                 f"index ({self.frames}, {FRAME_SHAPE[0]}, {FRAME_SHAPE[1]}) float32; "
-                                 "delete the packed folder to rebuild it")
-            self._array = array.view(np.ndarray)  # plain views: np.memmap's __getitem__ costs more than the copy
-        return self._array
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{"nodes": (N_frames, 69, 3), "extremes": (N_frames, 5)} memory maps, checked against the index."""
+        if self._arrays is None:
+            arrays = {}
+            for key, path in self.array_paths.items():
+                array = np.load(path, mmap_mode="r")
+                expected = (self.frames, *ARRAYS[key])
+                if array.shape != expected or array.dtype != np.float32:
+                    raise ValueError(f"{path}: shape {array.shape} {array.dtype} does not match its index "
+                                     f"{expected} float32; delete the packed folder to rebuild it")
+                arrays[key] = array.view(np.ndarray)  # plain views: np.memmap's __getitem__ costs more than the copy
+            self._arrays = arrays
+        return self._arrays
 
-    def read(self, name: str) -> np.ndarray:
-        """(T, 69, 3) float32 x, y, score of sample ``name``: a view of the map (indexing it reads
-        only the frames asked for). Re-raises, with its type and message, the error found at packing."""
+    def read(self, name: str) -> PackedClip:
+        """Sample ``name``'s frames as views of the maps (indexing them reads only the frames asked
+        for). Re-raises, with its type and message, the error found at packing."""
         if name in self.errors:
             reason, message = self.errors[name]
             raise ERROR_TYPES[reason](message)
         if name not in self.samples:
-            raise KeyError(f"{self.array_path}: sample {name!r} is not in the packed index")
-        offset, length = self.samples[name]
-        return self.array()[offset:offset + length]
+            raise KeyError(f"{self.array_paths['nodes']}: sample {name!r} is not in the packed index")
+        offset, length, corner_x, corner_y, scale = self.samples[name]
+        rows = slice(offset, offset + length)
+        arrays = self.arrays()
+        return PackedClip(arrays["nodes"][rows], arrays["extremes"][rows], (corner_x, corner_y), scale)

@@ -20,10 +20,12 @@ sample and file, or with ``on_bad_sample="skip"`` is dropped, logged once and co
 ``self.skipped`` (reason -> names). Missing files are found in ``setup``; the rest when the
 sample is loaded.
 
-Packed cache (``packed=True``, the default): ``prepare_data`` unpickles every split's pose files
-once into ``<label_dir>/packed/`` (``datamodules/packed.py``: one memory-mapped array plus an
-index, rebuilt when a label or pose file changes); ``setup`` uses it when it is fresh and
-otherwise reads the pickles. Batches are identical either way, bad samples included.
+Packed cache (``packed=True``, the default): ``prepare_data`` unpickles and normalises every
+split's pose files once into ``<label_dir>/packed/`` (``datamodules/packed.py``: memory-mapped
+arrays plus an index, rebuilt when a label or pose file changes); ``setup`` uses it when it is
+fresh and otherwise reads the pickles. Batches are the same either way, bad samples included:
+bit-identical for clips of at most ``max_len`` frames, within float32 rounding (a few 1e-7) for
+longer ones, whose normalised frames are moved onto the sampled frames' crop box.
 
 DDP: see ``SplitDataModule`` in ``datamodules/batches.py`` (dev/test are sharded without
 padding, so the model gathers its predictions; ``use_distributed_sampler: false``).
@@ -35,14 +37,15 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
                                  check_on_bad_sample, record_skips, skip_marker)
 from datamodules.formats import read_pose_pickle, read_unisign_labels
-from datamodules.keypoints import (PART_SLICES, SCORE_THRESHOLD, normalise_clips, part_nodes,
+from datamodules.keypoints import (PART_SLICES, SCORE_THRESHOLD, normalise_clips, part_nodes, rebox_clips,
                                    sample_frame_indices)
-from datamodules.packed import PackedPoses, ensure_packed, error_reason
+from datamodules.packed import PackedClip, PackedPoses, ensure_packed, error_reason
 from datamodules.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,12 @@ class _LowScore(ValueError):
 
 
 class PoseTextDataset(Dataset):
-    """One label file's samples, fetched a batch at a time (``__getitems__``): each sample's
-    sampled frames are read (from the packed cache, or by unpickling ``pose_path``), then the
-    whole batch is normalised in one ``normalise_clips`` call, so per-sample Python overhead
-    stays small.
+    """One label file's samples, fetched a batch at a time (``__getitems__``).
+
+    From pickles, each sample's sampled frames are unpickled and the batch is normalised in one
+    ``normalise_clips`` call. From the packed cache, a clip that keeps all its frames is
+    already normalised, and the cut ones (longer than ``max_len``) are moved onto their own
+    crop boxes in one ``rebox_clips`` call. So per-sample Python overhead stays small.
 
     ``records`` hold ``name``, ``text``, ``gloss``, ``pose_path`` and the tokenised
     ``target_ids``. A key is an index, or ``(index, epoch)`` from the training ``ShardSampler``;
@@ -81,36 +86,67 @@ class PoseTextDataset(Dataset):
     def __getitems__(self, keys: list) -> list[dict]:
         """Items (or skip markers) for ``keys``, in order; the DataLoader calls this per batch."""
         items: list[dict | None] = [None] * len(keys)
-        loaded = []  # (position, record, (T, 69, 3) part nodes)
+        groups = {"raw": [], "whole": [], "cut": []}  # (position, record, nodes, clip) by what normalising is left
         for pos, key in enumerate(keys):
             index, epoch = key if isinstance(key, tuple) else (key, 0)
             record = self.records[index]
             try:
-                loaded.append((pos, record, self._frames(record, index, epoch)))
+                kind, nodes, clip = self._load(record, index, epoch)
+                groups[kind].append((pos, record, nodes, clip))
             except (OSError, ValueError, pickle.UnpicklingError) as err:
                 items[pos] = self._bad(record, err)
-        if loaded:
-            lengths = np.array([len(nodes) for _, _, nodes in loaded])
-            normalised, scales = normalise_clips(np.concatenate([nodes for _, _, nodes in loaded]), lengths)
-            ends = np.cumsum(lengths).tolist()
-            for (pos, record, _), start, end, scale in zip(loaded, [0] + ends, ends, scales.tolist()):
-                if scale == 0:
-                    items[pos] = self._bad(record, _LowScore(
-                        f"{record['pose_path']}: fewer than 4 body keypoints score above "
-                        f"{SCORE_THRESHOLD} (or they coincide); every part would be zero"))
-                    continue
-                item = {n: normalised[start:end, nodes] for n, nodes in PART_SLICES.items()}  # (T, V, 3) views
-                items[pos] = item | {k: record[k] for k in ("text", "gloss", "name", "target_ids")}
+        for kind, loaded in groups.items():
+            if not loaded:
+                continue
+            frames = [entry[2] for entry in loaded]
+            nodes = np.concatenate(frames)  # (N, 69, 3), an owned copy
+            lengths = np.array([len(f) for f in frames])
+            clips = [entry[3] for entry in loaded]
+            if kind == "raw":
+                normalised, _, scales = normalise_clips(nodes, lengths)
+            elif kind == "whole":
+                normalised, scales = torch.from_numpy(nodes), [clip.scale for clip in clips]
+            else:
+                normalised, scales = rebox_clips(nodes, np.concatenate([clip.extremes for clip in clips]), lengths,
+                                                 np.array([clip.corner for clip in clips]).T,
+                                                 np.array([clip.scale for clip in clips]))
+            self._fill(items, loaded, normalised, lengths, np.asarray(scales).tolist())
         return items
 
-    def _frames(self, record: dict, index: int, epoch: int) -> np.ndarray:
-        """The sampled frames' part nodes (T', 69, 3); only they leave the memory map or pickle."""
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+    def _load(self, record: dict, index: int, epoch: int) -> tuple[str, np.ndarray, PackedClip | None]:
+        """One sample's sampled frames, (kind, (T', 69, 3) nodes, packed clip): ``raw`` part nodes
+        from the pickle (clip None), or from the packed cache a clip kept ``whole`` (nodes already
+        normalised) or ``cut`` to ``max_len`` frames (nodes normalised with the whole clip's box; the
+        clip's extremes rows are the sampled frames'). Only the sampled frames leave the pickle or the map."""
         if self.poses is None:
             keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
-            return part_nodes(keypoints, scores, sample_frame_indices(len(keypoints), self.max_len, rng))
-        clip = self.poses.read(record["name"])  # (T, 69, 3) view
-        return clip[sample_frame_indices(len(clip), self.max_len, rng)]
+            return "raw", part_nodes(keypoints, scores, self._frames(len(keypoints), index, epoch)), None
+        clip = self.poses.read(record["name"])
+        frames = self._frames(len(clip.nodes), index, epoch)
+        if frames is None:
+            return "whole", clip.nodes, clip
+        return "cut", clip.nodes[frames], clip._replace(extremes=clip.extremes[frames])
+
+    def _frames(self, num_frames: int, index: int, epoch: int) -> np.ndarray | None:
+        """The frames to keep, None for all: the seeded generator (about 15 us) is built only for
+        a clip longer than ``max_len``, the only case with anything to draw."""
+        if num_frames <= self.max_len:
+            return None
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        return sample_frame_indices(num_frames, self.max_len, rng)
+
+    def _fill(self, items: list, loaded: list, normalised: torch.Tensor, lengths: np.ndarray,
+              scales: list[float]) -> None:
+        """Items of ``loaded`` from their normalised frames (concatenated), at their positions."""
+        ends = np.cumsum(lengths).tolist()
+        for (pos, record, _, _), start, end, scale in zip(loaded, [0] + ends, ends, scales):
+            if scale == 0:
+                items[pos] = self._bad(record, _LowScore(
+                    f"{record['pose_path']}: fewer than 4 body keypoints score above "
+                    f"{SCORE_THRESHOLD} (or they coincide); every part would be zero"))
+                continue
+            item = {n: normalised[start:end, nodes] for n, nodes in PART_SLICES.items()}  # (T, V, 3) views
+            items[pos] = item | {k: record[k] for k in ("text", "gloss", "name", "target_ids")}
 
     def _bad(self, record: dict, err: Exception) -> dict:
         """A skip marker for a sample that cannot be used, or the error naming it."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import datamodules.batches as batches
 from datamodules.batches import BadSampleError, ShardSampler
-from datamodules.keypoints import PART_SLICES, normalise_clips, part_nodes, sample_frame_indices
+from datamodules.keypoints import PART_SLICES, body_extremes, normalise_clips, part_nodes, rebox_clips, sample_frame_indices
 from datamodules.tokenization import build_word_level_tokenizer
 from datamodules.translation import SignTranslationDataModule
 
@@ -76,7 +76,7 @@ def _ref_load_part_kp(skeletons, confs, thr=0.3):
 
 def normalise_parts(keypoints, scores):
     """One clip through ``normalise_clips``: ({part: (T, V, 3) numpy}, scale)."""
-    out, scale = normalise_clips(part_nodes(keypoints, scores), np.array([len(keypoints)]))
+    out, _, scale = normalise_clips(part_nodes(keypoints, scores), np.array([len(keypoints)]))
     return {n: out[:, nodes].numpy() for n, nodes in PART_SLICES.items()}, float(scale[0])
 
 
@@ -117,7 +117,7 @@ def test_normalise_clips_equals_one_clip_at_a_time(seed, lengths, unconfident):
         clips[unconfident]["scores"][:] = 0.1
     kps = [c["keypoints"][:, 0].astype(np.float32) for c in clips]
     scs = [c["scores"][:, 0] for c in clips]
-    batch, scales = normalise_clips(np.concatenate([part_nodes(k, sc) for k, sc in zip(kps, scs)]), np.array(lengths))
+    batch, _, scales = normalise_clips(np.concatenate([part_nodes(k, sc) for k, sc in zip(kps, scs)]), np.array(lengths))
     assert batch.is_contiguous()  # parts are then views with contiguous node rows for the collate
     clips = np.split(batch.numpy(), np.cumsum(lengths)[:-1])
     for i, (k, sc) in enumerate(zip(kps, scs)):
@@ -125,6 +125,41 @@ def test_normalise_clips_equals_one_clip_at_a_time(seed, lengths, unconfident):
         assert scales[i] == scale and (scale == 0) == (i == unconfident)
         for name, nodes in PART_SLICES.items():
             assert np.array_equal(clips[i][:, nodes], one[name]), (i, name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+       unconfident_subset=st.booleans())
+def test_rebox_clips_equals_normalising_the_subsets(seed, lengths, unconfident_subset):
+    """Clips normalised whole (the packed cache), then moved onto their frame subsets' crop boxes,
+    equal the subsets normalised from raw nodes: the same scales, values within float32 rounding
+    (random hands often reach past the body box, so clipped values are covered), and zeros
+    for a subset too unconfident to normalise although its whole clip is not. A subset of all
+    frames comes back bit-identical."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for n in lengths:
+        pose = make_pose(n, rng)
+        clips.append(part_nodes(pose["keypoints"][:, 0].astype(np.float32), pose["scores"][:, 0]))
+    subsets = [np.sort(rng.choice(n, rng.integers(1, n + 1), replace=False)) for n in lengths]
+    if unconfident_subset and lengths[0] > 1:  # clip 0's first frame has no confident body point
+        clips[0][0, PART_SLICES["body"], 2] = 0.1
+        subsets[0] = np.array([0])
+    whole, corners, scales = normalise_clips(np.concatenate(clips), np.array(lengths))
+    rows = np.split(whole.numpy(), np.cumsum(lengths)[:-1])
+    cut = [clip[frames] for clip, frames in zip(clips, subsets)]
+    extremes = body_extremes(torch.from_numpy(np.concatenate(clips)[:, PART_SLICES["body"]])).numpy()
+    extremes = np.split(extremes, np.cumsum(lengths)[:-1])
+    got, got_scales = rebox_clips(np.concatenate([r[f] for r, f in zip(rows, subsets)]),
+                                  np.concatenate([e[f] for e, f in zip(extremes, subsets)]),
+                                  np.array([len(f) for f in subsets]), corners.numpy(), scales.numpy())
+    ref, _, ref_scales = normalise_clips(np.concatenate(cut), np.array([len(f) for f in subsets]))
+    assert torch.equal(got_scales, ref_scales)
+    assert (got_scales[0] == 0) == (unconfident_subset and lengths[0] > 1)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    same, same_scales = rebox_clips(whole.numpy().copy(), np.concatenate(extremes),
+                                    np.array(lengths), corners.numpy(), scales.numpy())
+    assert torch.equal(same, whole) and torch.equal(same_scales, scales)
 
 
 def test_sample_frame_indices():
