@@ -13,8 +13,9 @@ epoch at the demo settings (batch 16, max_len 256) and records samples/s, the pe
 Python/numpy heap of the main process (tracemalloc, in an extra untimed epoch since tracing
 slows every allocation; memory-mapped pages are file cache, not heap) and, with 2 workers,
 whether a batch arrives faster than the demo training step takes (read from
-``hyperbolic_overhead.json`` when that benchmark has run). Prints a table, writes
-``data_loading.json``.
+``hyperbolic_overhead.json`` when that benchmark has run). Also times a 2-worker DataLoader that
+only hands over copies of one real batch: the transport between processes alone, which bounds
+any 2-worker row. Prints a table, writes ``data_loading.json``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -91,6 +94,33 @@ def read_stage(dm: SignTranslationDataModule) -> float:
     return len(data.records) / (time.perf_counter() - start)
 
 
+class _BatchCopies(Dataset):
+    """``batches`` copies of one collated batch, each made in the worker that serves it."""
+
+    def __init__(self, batch: dict, batches: int):
+        self.batch, self.batches = batch, batches
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, index: int) -> dict:
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.batch.items()}
+
+
+def transport_ms(batch: dict, workers: int, batches: int, repeats: int) -> float:
+    """Median ms per batch of a ``workers``-process DataLoader that only copies ``batch``: what
+    moving a batch from a worker to the main process costs, with no loading at all."""
+    runs = []
+    for _ in range(repeats):
+        loader = iter(DataLoader(_BatchCopies(batch, batches + 1), batch_size=None, num_workers=workers))
+        next(loader)  # worker start-up, as in ``epoch``
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        runs.append(1e3 * (time.perf_counter() - start) / batches)
+    return sorted(runs)[len(runs) // 2]
+
+
 def demo_step_seconds(out_dir: Path) -> float | None:
     """Median demo training step (token mode) from the hyperbolic-overhead results, if present."""
     for folder in (out_dir, RESULTS_DIR):
@@ -122,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
                                tokenizer="synthsign-zh", batch_size=BATCH, max_len=MAX_LEN)
                   for layout, (label_dir, pose_dir) in corpora.items()}
         # the cache holds float32 part nodes, the same from either layout: build it from one
-        pack_s, _ = timed(SignTranslationDataModule(**common["array"]).prepare_data)
+        packed_dm = SignTranslationDataModule(**common["array"])
+        pack_s, _ = timed(packed_dm.prepare_data)
+        packed_dm.setup("fit")
+        transport = transport_ms(next(iter(packed_dm.train_dataloader())), 2, samples // BATCH, repeats)
         cache_files = list((corpora["array"][0] / "packed").iterdir())
         cache_mb = sum(p.stat().st_size for p in cache_files) / 2 ** 20
         all_files = cache_files + [p for _, pose_dir in corpora.values() for p in pose_dir.iterdir()]
@@ -174,10 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"packed / pickles ({layout}): read stage {ratios['read_stage']:.1f}x; loader (0 / 2 workers) "
               + ", ".join(f"{cache} {ratios[f'loader_{cache}_workers_0']:.1f}x / {ratios[f'loader_{cache}_workers_2']:.1f}x"
                           for cache in ("warm", "cold")))
+    print(f"2-worker transport alone (copies of one batch, no loading): {transport:.1f} ms/batch")
     print("demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
     write_results("data_loading", args.out, {
         "samples": samples, "frames": FRAMES, "batch": BATCH, "max_len": MAX_LEN, "repeats": repeats,
         "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "demo_step_s": step_s,
+        "transport_ms_per_batch_2_workers": transport,
         "speedup_packed_over_pickles": speedup, "rows": rows})
 
 

@@ -65,9 +65,17 @@ def test_data_loading_quick_writes_json(tmp_path, capsys):
         for cache in ("warm", "cold"):
             assert speedup[layout][f"loader_{cache}_workers_0"] == pytest.approx(
                 rows[cache, "packed", 0]["samples_per_s"] / rows[cache, f"pickles ({layout})", 0]["samples_per_s"])
-    assert result["cache_mb"] > 0 and result["pack_seconds"] > 0
+    assert result["cache_mb"] > 0 and result["pack_seconds"] > 0 and result["transport_ms_per_batch_2_workers"] > 0
     _machine_ok(result["machine"])
     assert "samples/s" in capsys.readouterr().out
+
+
+def test_batch_copies_hand_out_fresh_equal_batches():
+    batch = {"body": torch.arange(6.0).view(1, 2, 3), "name": ["a"]}
+    copies = data_loading._BatchCopies(batch, 3)
+    copy = copies[1]
+    assert len(copies) == 3 and torch.equal(copy["body"], batch["body"]) and copy["name"] == ["a"]
+    assert copy["body"].untyped_storage().data_ptr() != batch["body"].untyped_storage().data_ptr()
 
 
 def test_print_table_aligns_columns(capsys):
