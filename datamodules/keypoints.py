@@ -203,8 +203,9 @@ def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, co
     corner, scale = _crop_boxes(torch.from_numpy(extremes), clip, clips)
     ok = scale > 0
     side = torch.where(ok, scale, 1)  # 1 keeps unconfident subsets finite; they are zeroed below
-    gain = torch.where(ok, torch.as_tensor(scales) / side, 0)  # (B,)
-    shift = torch.where(ok, gain - 1 + 2 * (torch.as_tensor(corners) - corner) / side, 0)  # (2, B)
+    scales, corners = torch.as_tensor(scales, dtype=torch.float32), torch.as_tensor(corners, dtype=torch.float32)
+    gain = torch.where(ok, scales / side, 0)  # (B,)
+    shift = torch.where(ok, gain - 1 + 2 * (corners - corner) / side, 0)  # (2, B)
     # per-clip rows of factors over a frame's 69 (x, y, score) triples: the multiply then runs
     # along contiguous 207-float rows (a broadcast over the last size-3 axis is several times slower)
     factor = ok.to(out.dtype)[:, None, None].repeat(1, out.shape[1], 3)  # (B, 69, 3); 0 zeroes a clip

@@ -30,19 +30,20 @@ import json
 import os
 import pickle
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
-
-from datamodules.formats import UnsafePickleError, read_pose_pickle
 import torch
 
+from datamodules.formats import UnsafePickleError, read_pose_pickle
 from datamodules.keypoints import (MIN_VALID_BODY_POINTS, PART_NODES_COCO, PART_SLICES, SCORE_THRESHOLD,
                                    body_extremes, normalise_clips, part_nodes)
 
 FORMAT_VERSION = 3  # 1 stored all 133 COCO keypoints, 2 the raw part nodes
-ARRAYS = {"nodes": (len(PART_NODES_COCO), 3), "extremes": (5,)}  # shape of a frame's row
+# a frame's row in each array: (x, y, score) per node; min x, min y, max x, max y, count
+ARRAYS = {"nodes": (len(PART_NODES_COCO), 3), "extremes": (5,)}
 # Exception types a pose file can fail with, by the reason name the translation dataset uses.
 ERROR_TYPES = {"missing": FileNotFoundError, "unsafe": UnsafePickleError, "invalid": ValueError}
 
@@ -56,8 +57,8 @@ def _stat(path: Path) -> list:
 
 
 def fingerprint(label_path: Path, pose_paths: Sequence[Path]) -> str:
-    """sha256 over the stored node list, then the label file's and each pose file's (name, size,
-    mtime_ns), in order."""
+    """sha256 over the format, the stored node list and the normalisation constants, then the label
+    file's and each pose file's (name, size, mtime_ns), in order."""
     h = hashlib.sha256(json.dumps([FORMAT_VERSION, PART_NODES_COCO.tolist(), SCORE_THRESHOLD, MIN_VALID_BODY_POINTS,
                                    _stat(Path(label_path))]).encode())
     for path in pose_paths:
@@ -100,8 +101,8 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
     index = {"version": FORMAT_VERSION, "fingerprint": fingerprint(label_path, [p for _, p in samples]),
              "frames": 0, "samples": {}, "errors": {}}
     try:
-        files = {key: path.open("wb") for key, path in tmp.items()}
-        try:
+        with ExitStack() as stack:
+            files = {key: stack.enter_context(path.open("wb")) for key, path in tmp.items()}
             for key, f in files.items():  # placeholders; rewritten with the real frame count below
                 f.write(_npy_header(0, ARRAYS[key]))
             for name, pose_path in samples:
@@ -123,9 +124,6 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
                     raise RuntimeError(f"{array_paths[key]}: .npy header size changed with the frame count")
                 f.seek(0)
                 f.write(final)
-        finally:
-            for f in files.values():
-                f.close()
         for key, path in tmp.items():
             os.replace(path, array_paths[key])
         tmp_index.write_text(json.dumps(index))
