@@ -190,11 +190,11 @@ def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, co
     as ``normalise_clips`` gives for the raw subsets, up to float32 rounding.
 
     A subset's box comes from its own frames' extremes, as in ``normalise_clips``, so it is
-    exact, and it lies inside the whole clip's box: side s' <= s. So
-    the map is affine per clip with gain a = s / s' >= 1: body n' = a n + (a - 1 + 2 (c - c') / s')
-    (from n = 2 (xy - c) / s - 1), hands and face n' = a n. Clipping commutes with it: confident
-    body points lie inside both boxes (nothing was clipped), and a hand or face value clipped
-    to +-1 under s is beyond +-1 under s' too, since a >= 1.
+    exact, and it lies inside the whole clip's box: side s' <= s. So the map is affine per clip
+    with gain a = s / s' >= 1: body n' = a n + (a - 1 + 2 (c - c') / s') (from n = 2 (xy - c) / s
+    - 1), hands and face n' = a n. Clipping commutes with it: confident body points lie inside
+    both boxes (nothing was clipped), and a hand or face value clipped to +-1 under s is beyond
+    +-1 under s' too, since a >= 1.
     """
     out = torch.from_numpy(nodes)  # (N, 69, 3), modified in place: callers pass an owned copy
     lengths = torch.as_tensor(lengths)
@@ -216,7 +216,7 @@ def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, co
     # stored low-score points are (0, 0, 0) and stored scores are clipped, so score > threshold is
     # still Uni-Sign's keep mask: only confident body points move
     body_out[..., :2] += shift.T.index_select(0, clip)[:, None] * (body_out[..., 2:] > threshold)
-    flat.clamp_(-1, 1)  # scores are already in [0, 1]
+    flat.clamp_(-1, 1)  # the stored scores were clipped already
     return out, scale
 
 
