@@ -98,9 +98,9 @@ class PoseTextDataset(Dataset):
         for kind, loaded in groups.items():
             if not loaded:
                 continue
-            frames = [entry[2] for entry in loaded]
-            nodes = np.concatenate(frames)  # (N, 69, 3), an owned copy
-            lengths = np.array([len(f) for f in frames])
+            per_clip = [entry[2] for entry in loaded]
+            nodes = np.concatenate(per_clip)  # (N, 69, 3), an owned copy
+            lengths = np.array([len(n) for n in per_clip])
             clips = [entry[3] for entry in loaded]
             if kind == "raw":
                 normalised, _, scales = normalise_clips(nodes, lengths)
