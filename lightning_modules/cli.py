@@ -16,6 +16,11 @@ What differs from plain LightningCLI, and why:
 - The resolved config is overwritten on a second run in the same folder (Lightning #7679 makes
   that an error) and is also sent to the W&B run config (Lightning #14628).
 - `WANDB_MODE` from the environment wins over a YAML's `offline: true`.
+- With `--ckpt_path path/to/file.ckpt` the config and command line still define the model, as
+  with `last` and `best`: Lightning 2.6 re-applies the checkpoint's saved hyperparameters over
+  them for a file path, so `--model.init_args.back_translator_ckpt ...` or `sample_steps` were
+  silently dropped (upstream PR #21455 is open). Weights that do not fit the configured model
+  still fail loudly when the state dict is loaded.
 - Every run gets exact, crash-safe resume (`lightning_modules/callbacks.py`,
   `checkpoint_io.py`): `last.ckpt` is also written every `step_checkpoint.every_n_train_steps`
   optimizer steps, checkpoints carry the RNG states and the W&B run id, writes are atomic, a
@@ -166,6 +171,9 @@ class SignLabCLI(LightningCLI):
             if getattr(logger, "class_path", "").endswith("WandbLogger"):
                 # Lightning's offline=True overwrites WANDB_MODE process-wide; the user's choice wins.
                 logger.init_args.offline = env_mode in ("offline", "dryrun")
+
+    def _parse_ckpt_path(self) -> None:
+        """Nothing: the checkpoint gives weights and training state, never init args (see the module docstring)."""
 
     def _resolve_ckpt_path(self) -> None:
         config = self.config_init[self.subcommand]

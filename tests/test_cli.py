@@ -80,6 +80,17 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, which):
 
 
 @pytest.mark.slow
+def test_command_line_init_args_win_over_a_checkpoint_file(tmp_path):
+    # Lightning 2.6 would re-apply the checkpoint's saved lr (0.05) over the command line's
+    _ok(run_cli(["fit", "--config", TINY, "--trainer.max_epochs", "1"], cwd=tmp_path))
+    ckpt = tmp_path / "runs/tiny/checkpoints/last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["lr"] == 0.05
+    _ok(run_cli(["test", "--config", TINY, "--ckpt_path", str(ckpt), "--model.init_args.lr", "0.123"], cwd=tmp_path))
+    config = yaml.safe_load((tmp_path / "runs/tiny/config.yaml").read_text())
+    assert config["model"]["init_args"]["lr"] == 0.123
+
+
+@pytest.mark.slow
 def test_wandb_mode_from_environment_wins(tmp_path):
     _ok(run_cli(["fit", "--config", TINY, "--trainer.max_epochs", "1"], cwd=tmp_path,
                 env={"WANDB_MODE": "disabled"}))
