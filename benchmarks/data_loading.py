@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         common = {layout: dict(dataset="csl_daily", label_dir=str(label_dir), pose_dir=str(pose_dir),
                                tokenizer="synthsign-zh", batch_size=BATCH, max_len=MAX_LEN)
                   for layout, (label_dir, pose_dir) in corpora.items()}
-        # the cache holds float32 part nodes, the same from either layout: build it from one
+        # the cache holds the normalised float32 part nodes, the same from either layout: build it from one
         packed_dm = SignTranslationDataModule(**common["array"])
         pack_s, _ = timed(packed_dm.prepare_data)
         packed_dm.setup("fit")
