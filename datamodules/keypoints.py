@@ -220,9 +220,13 @@ def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, co
     return out, scale
 
 
+BODY_EXTREMES = ("min x", "min y", "max x", "max y", "count")  # the columns of ``body_extremes``
+
+
 def body_extremes(body: torch.Tensor, threshold: float = SCORE_THRESHOLD) -> torch.Tensor:
     """What a crop box needs from each frame: raw body nodes (N, 9, 3) -> (N, 5) float32 = min x,
-    min y, max x, max y over the confident points (+-inf when there are none), and their count."""
+    min y, max x, max y over the confident points (+-inf when there are none), and their count
+    (``BODY_EXTREMES``)."""
     valid = (body[..., 2] > threshold)[..., None]  # (N, 9, 1)
     xy = body[..., :2]
     inf = torch.tensor(torch.inf)

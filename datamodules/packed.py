@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 from datamodules.formats import UnsafePickleError, read_pose_pickle
-from datamodules.keypoints import (MIN_VALID_BODY_POINTS, PART_NODES_COCO, PART_SLICES, SCORE_THRESHOLD,
-                                   body_extremes, normalise_clips, part_nodes)
+from datamodules.keypoints import (BODY_EXTREMES, MIN_VALID_BODY_POINTS, PART_NODES_COCO, PART_SLICES,
+                                   SCORE_THRESHOLD, body_extremes, normalise_clips, part_nodes)
 
 FORMAT_VERSION = 3  # 1 stored all 133 COCO keypoints, 2 the raw part nodes
-# a frame's row in each array: (x, y, score) per node; min x, min y, max x, max y, count
-ARRAYS = {"nodes": (len(PART_NODES_COCO), 3), "extremes": (5,)}
+# a frame's row in each array: (x, y, score) per node; the body's box extremes
+ARRAYS = {"nodes": (len(PART_NODES_COCO), 3), "extremes": (len(BODY_EXTREMES),)}
 # Exception types a pose file can fail with, by the reason name the translation dataset uses.
 ERROR_TYPES = {"missing": FileNotFoundError, "unsafe": UnsafePickleError, "invalid": ValueError}
 
