@@ -28,7 +28,8 @@ weights and (k, l), loaded when training starts and rewritten after any epoch th
 (rank 0 writes its own entries; under DDP other ranks fill their misses on the fly).
 
 Evaluation (``test``): with ``back_translator_ckpt`` set, every test batch is generated (timed)
-and fed to ``ProductionEvaluator`` (WER, BLEU-1..4, DTW-MJE, generator and ground-truth rows);
+and fed to ``ProductionEvaluator`` (WER, BLEU-1..4, DTW-MJE; rows for the generator, the
+Pose-VQVAE's reconstruction of the test poses and the ground truth);
 the report goes to ``report_dir`` (default ``<run>/report``). Without it, ``test`` reports the
 loss, the length head's accuracy and the DTW-MJE of the generated poses. ``predict`` writes the
 generated sequences as PT files ``<predict_dir>/predict.{skels,gloss,text,files}``.
@@ -384,9 +385,12 @@ class PoseVQDiffusion(LightningModule):
         start = time.perf_counter()
         gen = self.generate(batch["gloss_ids"], batch["gloss_mask"])
         seconds = (time.perf_counter() - start) / len(batch["name"])
+        codes, frame_mask, _ = self.targets(batch)  # the reference's own codes (cached by the losses above)
+        reconstruction = self.vqvae.decode(codes, frame_mask)  # the tokenizer's ceiling row
         self.evaluator.update(list(batch["name"]), gen["poses"], gen["frame_mask"], batch["poses"],
                               batch["pose_mask"], gloss_refs=list(batch["gloss"]), text_refs=list(batch["text"]),
-                              seconds_per_sequence=seconds, steps=self.sampling_steps(gen["frame_mask"]))
+                              seconds_per_sequence=seconds, steps=self.sampling_steps(gen["frame_mask"]),
+                              reconstruction=reconstruction)
 
     @property
     def method_name(self) -> str:

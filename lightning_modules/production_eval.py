@@ -4,7 +4,9 @@ A frozen ``BackTranslator`` (trained on ground-truth poses) reads both the gener
 ground-truth test poses back into glosses and text. Its gloss WER and text BLEU-1..4 / ROUGE-L
 against the references give the method's row; the same scores on the ground-truth poses give the
 "GT" row, the ceiling the back-translator itself sets (paper: WER 50.23, BLEU-4 10.47 on
-PHOENIX-2014T). DTW-MJE compares the generated with the reference poses using Progressive
+PHOENIX-2014T). Given the Pose-VQVAE's reconstruction of the reference poses, it also scores a
+"Pose-VQVAE reconstruction" row: the ceiling the tokenizer sets for every generator that speaks
+its codes (a generator cannot be read back better than its tokenizer's decoding of the truth). DTW-MJE compares the generated with the reference poses using Progressive
 Transformers' definition (L1 frame cost over the 50 x 3 joint values, divided by the reference
 length; ``generation.metrics.dtw_mje``, research note §2).
 
@@ -36,6 +38,7 @@ HEADERS = {"wer": "WER", "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3"
            "rougeL": "ROUGE-L", "dtw_mje": "DTW-MJE", "num_samples": "samples", "steps": "steps",
            "seconds_per_sequence": "s/sequence"}
 CSV_COLUMNS = ("method", *SCORE_COLUMNS, "dtw_mje", "num_samples", "steps", "seconds_per_sequence")
+RECONSTRUCTION_ROW = "Pose-VQVAE reconstruction"
 
 
 def _world() -> tuple[int, int]:
@@ -76,11 +79,19 @@ class ProductionEvaluator(nn.Module):
     @torch.no_grad()
     def update(self, names: list[str], generated: Tensor, generated_mask: Tensor, reference: Tensor,
                reference_mask: Tensor, gloss_refs: list[list[str]], text_refs: list[str],
-               seconds_per_sequence: float, steps: int) -> None:
+               seconds_per_sequence: float, steps: int, reconstruction: Tensor | None = None) -> None:
         """Back-translate a batch of generated (B, T, 50, 3) and reference (B, T', 50, 3) poses with
-        prefix masks (B, T) / (B, T'); a sample seen again under the same name replaces the first."""
+        prefix masks (B, T) / (B, T'), and the tokenizer's ``reconstruction`` of the reference
+        (B, T', 50, 3, on the reference's frames) if given; a sample seen again under the same name
+        replaces the first."""
         batch = len(names)
-        for label, poses, mask in (("generated", generated, generated_mask), ("reference", reference, reference_mask)):
+        checks = [("generated", generated, generated_mask), ("reference", reference, reference_mask)]
+        if reconstruction is not None:
+            checks.append(("reconstruction", reconstruction, reference_mask))
+            if reconstruction.shape != reference.shape:
+                raise ValueError(f"reconstruction: expected the reference's shape {tuple(reference.shape)}, "
+                                 f"got {tuple(reconstruction.shape)}")
+        for label, poses, mask in checks:
             if poses.dim() != 4 or poses.shape[0] != batch or poses.shape[2:] != (PT_NUM_JOINTS, 3):
                 raise ValueError(f"{label}: expected ({batch}, T, {PT_NUM_JOINTS}, 3) poses for "
                                  f"{batch} names, got {tuple(poses.shape)}")
@@ -99,6 +110,12 @@ class ProductionEvaluator(nn.Module):
                 "gloss_hyp": gen_glosses[i], "text_hyp": gen_texts[i],
                 "gt_gloss_hyp": gt_glosses[i], "gt_text_hyp": gt_texts[i],
                 "dtw_mje": float(dtw[i]), "seconds": float(seconds_per_sequence), "steps": int(steps)}
+        if reconstruction is not None:
+            rec_glosses, rec_texts = self.back_translator.translate(reconstruction, reference_mask)
+            rec_dtw = dtw_mje(reconstruction.float(), reference.float(), reference_mask, reference_mask, cost="l1")
+            for i, name in enumerate(names):
+                self._samples[name].update(rec_gloss_hyp=rec_glosses[i], rec_text_hyp=rec_texts[i],
+                                           rec_dtw_mje=float(rec_dtw[i]))
         self._result = None
 
     def samples(self) -> list[dict]:
@@ -117,7 +134,8 @@ class ProductionEvaluator(nn.Module):
         return {"wer": gloss_wer([s[f"{prefix}gloss_hyp"] for s in samples], gloss_refs), **texts}
 
     def compute(self) -> dict[str, float]:
-        """Scores (0-100 but DTW-MJE) of the generated poses, ``gt_*`` of the ground truth, and
+        """Scores (0-100 but DTW-MJE) of the generated poses, ``gt_*`` of the ground truth,
+        ``rec_*`` (with ``rec_dtw_mje``) of the reconstructions when every update had them, and
         ``num_samples``, mean ``steps`` and mean ``seconds_per_sequence``. Call on every rank."""
         samples = self.samples()
         if not samples:
@@ -129,17 +147,28 @@ class ProductionEvaluator(nn.Module):
                   "num_samples": n,
                   "steps": sum(s["steps"] for s in samples) / n,
                   "seconds_per_sequence": sum(s["seconds"] for s in samples) / n}
+        with_rec = sum("rec_gloss_hyp" in s for s in samples)
+        if with_rec not in (0, n):  # a ceiling over part of the test set would not be comparable
+            raise ValueError(f"reconstruction given for {with_rec} of {n} samples: pass it with every update or none")
+        if with_rec:
+            result.update({f"rec_{k}": v for k, v in self._scores(samples, "rec_").items()},
+                          rec_dtw_mje=sum(s["rec_dtw_mje"] for s in samples) / n)
         self._result = result
         return result
 
     def rows(self, method_name: str) -> list[dict]:
-        """The two Table 1 rows (method, GT) from the last ``compute()`` (computed now if needed)."""
+        """The Table 1 rows (method, the reconstruction when given, GT) from the last ``compute()``
+        (computed now if needed)."""
         result = self._result if self._result is not None else self.compute()
         method = {"method": method_name, **{k: result[k] for k in CSV_COLUMNS[1:]}}
-        # GT against itself: DTW-MJE is 0 by definition (Table 1); no sampling happened
-        gt = {"method": "GT", **{k: result[f"gt_{k}"] for k in SCORE_COLUMNS}, "dtw_mje": 0.0,
-              "num_samples": result["num_samples"], "steps": None, "seconds_per_sequence": None}
-        return [method, gt]
+        no_sampling = {"num_samples": result["num_samples"], "steps": None, "seconds_per_sequence": None}
+        # GT against itself: DTW-MJE is 0 by definition (Table 1)
+        gt = {"method": "GT", **{k: result[f"gt_{k}"] for k in SCORE_COLUMNS}, "dtw_mje": 0.0, **no_sampling}
+        if "rec_wer" not in result:
+            return [method, gt]
+        rec = {"method": RECONSTRUCTION_ROW, **{k: result[f"rec_{k}"] for k in SCORE_COLUMNS},
+               "dtw_mje": result["rec_dtw_mje"], **no_sampling}
+        return [method, rec, gt]
 
     def write_report(self, out_dir: str | Path, method_name: str) -> tuple[Path, Path]:
         """Write ``out_dir/report.md`` (a Table 1 style markdown table) and ``out_dir/report.csv``
@@ -180,6 +209,8 @@ class ProductionEvaluator(nn.Module):
         lines += ["", "WER: gloss WER of the back-translator's CTC recognition; BLEU-n (cumulative) and "
                   "ROUGE-L: its text translation; all 0-100. DTW-MJE: Progressive Transformers' L1 DTW "
                   "over the 50 x 3 joint values divided by the reference length. GT: the same "
-                  "back-translator on the ground-truth poses. steps and s/sequence: sampling steps and "
+                  "back-translator on the ground-truth poses. Pose-VQVAE reconstruction: the same "
+                  "on the tokenizer's decoding of the ground-truth codes, the best any generator of its "
+                  "codes can score. steps and s/sequence: sampling steps and "
                   "wall-clock sampling time per sequence, averaged over the samples.", ""]
         return "\n".join(lines)

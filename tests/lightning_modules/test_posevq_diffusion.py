@@ -205,10 +205,11 @@ class FakeEvaluator:
         self.updates, self.reports = [], []
 
     def update(self, names, generated, generated_mask, reference, reference_mask, gloss_refs, text_refs,
-               seconds_per_sequence, steps):
+               seconds_per_sequence, steps, reconstruction=None):
         self.updates.append(dict(names=names, generated=generated, generated_mask=generated_mask,
                                  reference=reference, reference_mask=reference_mask, gloss_refs=gloss_refs,
-                                 text_refs=text_refs, seconds=seconds_per_sequence, steps=steps))
+                                 text_refs=text_refs, seconds=seconds_per_sequence, steps=steps,
+                                 reconstruction=reconstruction))
 
     def compute(self):
         return {"wer": 50.0, "bleu4": 7.5, "dtw_mje": 0.12, "gt": {"wer": 40.0}}
@@ -230,6 +231,11 @@ def test_test_step_feeds_the_back_translation_evaluator(vqvae_ckpt, tmp_path):
     assert first["generated_mask"].shape == first["generated"].shape[:2]
     assert first["reference"].equal(batches[0]["poses"]) and first["steps"] == TINY["mp_iterations"]
     assert first["seconds"] > 0
+    # the tokenizer's decoding of the reference's own codes, frame for frame
+    codes, _ = model.vqvae.encode_latents(batches[0]["poses"], batches[0]["pose_mask"])
+    expected = model.vqvae.decode(codes, batches[0]["pose_mask"])
+    assert first["reconstruction"].shape == batches[0]["poses"].shape
+    torch.testing.assert_close(first["reconstruction"], expected)
     assert fake.reports == [(str(tmp_path / "rep"), "PoseVQ-MP (Transformer)")]
     assert metrics["test/wer"] == 50.0 and metrics["test/bleu4"] == 7.5 and metrics["test/gt_wer"] == 40.0
     assert math.isfinite(metrics["test/loss"])

@@ -16,7 +16,7 @@ from datamodules.production import GlossPoseDataset
 from lightning_modules import production_eval
 from lightning_modules.back_translator import BackTranslator
 from lightning_modules.metrics import gloss_wer, translation_scores
-from lightning_modules.production_eval import CSV_COLUMNS, ProductionEvaluator
+from lightning_modules.production_eval import CSV_COLUMNS, RECONSTRUCTION_ROW, ProductionEvaluator
 
 TINY = dict(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0, warmup_steps=1,
             max_text_len=12, beam_size=2, lr=3e-3)
@@ -69,10 +69,11 @@ def batches(evaluator) -> list[dict]:
 
 
 def feed(ev: ProductionEvaluator, batch: dict, generated=None, generated_mask=None,
-         seconds: float = 0.5, steps: int = 100) -> None:
+         seconds: float = 0.5, steps: int = 100, reconstruction=None) -> None:
     ev.update(batch["name"], batch["poses"] if generated is None else generated,
               batch["pose_mask"] if generated_mask is None else generated_mask,
-              batch["poses"], batch["pose_mask"], batch["gloss"], batch["text"], seconds, steps)
+              batch["poses"], batch["pose_mask"], batch["gloss"], batch["text"], seconds, steps,
+              reconstruction=reconstruction)
 
 
 def dtw_l1_reference(hyp: np.ndarray, ref: np.ndarray) -> float:
@@ -160,6 +161,46 @@ def test_scores_match_independent_back_translation_and_dtw(evaluator, batches):
     assert scores["dtw_mje"] == pytest.approx(sum(dtws) / 6, rel=1e-5)  # batch 2 adds zeros
     assert scores["steps"] == pytest.approx((4 * 10 + 2 * 20) / 6)
     assert scores["seconds_per_sequence"] == pytest.approx((4 * 0.25 + 2 * 0.75) / 6)
+
+
+def test_reconstruction_row_scores_the_tokenizer_ceiling(evaluator, batches, tmp_path):
+    """A reconstruction (here: the reference plus noise) gets its own scores and report row, between
+    the method and GT; DTW-MJE against the reference uses the reference's frames."""
+    evaluator.reset()
+    noise = torch.Generator().manual_seed(1)
+    recs = [b["poses"] + 0.2 * torch.randn(b["poses"].shape, generator=noise) for b in batches]
+    for batch, rec in zip(batches, recs):
+        feed(evaluator, batch, reconstruction=rec)
+    scores = evaluator.compute()
+
+    bt = evaluator.back_translator
+    hyps = [bt.translate(rec, b["pose_mask"]) for b, rec in zip(batches, recs)]
+    gloss_refs = batches[0]["gloss"] + batches[1]["gloss"]
+    assert scores["rec_wer"] == pytest.approx(gloss_wer(hyps[0][0] + hyps[1][0], gloss_refs))
+    text = translation_scores(hyps[0][1] + hyps[1][1], batches[0]["text"] + batches[1]["text"], "de")
+    assert all(scores[f"rec_{k}"] == pytest.approx(v) for k, v in text.items())
+    dtws = [dtw_l1_reference(rec[i, :n].numpy().astype(np.float64), b["poses"][i, :n].numpy().astype(np.float64))
+            for b, rec in zip(batches, recs) for i, n in enumerate(b["pose_mask"].sum(1).tolist())]
+    assert scores["rec_dtw_mje"] == pytest.approx(sum(dtws) / 6, rel=1e-5) and scores["rec_dtw_mje"] > 0
+    assert scores["wer"] == scores["gt_wer"]  # the generated poses were the reference: untouched
+
+    _, csv_path = evaluator.write_report(tmp_path, "PoseVQ-AR (KV cache)")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["PoseVQ-AR (KV cache)", RECONSTRUCTION_ROW, "GT"]
+    assert float(rows[1]["wer"]) == pytest.approx(scores["rec_wer"])
+    assert float(rows[1]["dtw_mje"]) == pytest.approx(scores["rec_dtw_mje"]) and rows[1]["steps"] == ""
+    assert f"| {RECONSTRUCTION_ROW} | {scores['rec_wer']:.2f} |" in (tmp_path / "report.md").read_text()
+
+
+def test_reconstruction_must_cover_every_sample_and_match_the_reference(evaluator, batches):
+    evaluator.reset()
+    with pytest.raises(ValueError, match=r"reconstruction: expected the reference's shape \(4, "):
+        feed(evaluator, batches[0], reconstruction=batches[0]["poses"][:, :-1])
+    feed(evaluator, batches[0], reconstruction=batches[0]["poses"])
+    feed(evaluator, batches[1])
+    with pytest.raises(ValueError, match="reconstruction given for 4 of 6 samples"):
+        evaluator.compute()
 
 
 def test_a_sample_seen_twice_counts_once(evaluator, batches):
