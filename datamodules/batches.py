@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.keypoints import PART_SLICES
+
 log = logging.getLogger(__name__)
 
 ON_BAD_SAMPLE = ("raise", "skip")
@@ -93,7 +95,8 @@ def pad_time(seqs: Sequence[torch.Tensor], repeat_last: bool) -> tuple[torch.Ten
 
 
 class TranslationCollate:
-    """Items -> translation batch (see module docstring). Items carry their tokenised text
+    """Items -> translation batch (see module docstring). Items carry their normalised part nodes
+    (``nodes``, (T, 69, 3) in ``PART_SLICES`` order) and their tokenised text
     (``target_ids``, a list ending with eos: the DataModule tokenises each split once), padded
     here with ``pad_id``."""
 
@@ -103,8 +106,10 @@ class TranslationCollate:
     def __call__(self, items: list[dict]) -> dict:
         items, skipped = _split_skipped(items)
         batch = {}
-        for part in ("body", "left", "right", "face"):
-            batch[part], batch["frame_mask"] = pad_time([it[part] for it in items], repeat_last=True)
+        # pad all 69 nodes at once, then cut the parts: one gather instead of one per part
+        nodes, batch["frame_mask"] = pad_time([it["nodes"] for it in items], repeat_last=True)  # (B, T, 69, 3)
+        for part, node_slice in PART_SLICES.items():
+            batch[part] = nodes[:, :, node_slice].contiguous()  # (B, T, V_part, 3)
         ids = [it["target_ids"] for it in items]
         lengths = torch.tensor([len(i) for i in ids])
         batch["target_mask"] = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # (B, L)

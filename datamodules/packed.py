@@ -192,7 +192,9 @@ class PackedPoses:
         if self._arrays is None:
             arrays = {}
             for key, path in self.array_paths.items():
-                array = np.load(path, mmap_mode="r")
+                # copy-on-write: the views are writable (torch.from_numpy wants that), and no write
+                # would ever reach the file
+                array = np.load(path, mmap_mode="c")
                 expected = (self.frames, *ARRAYS[key])
                 if array.shape != expected or array.dtype != np.float32:
                     raise ValueError(f"{path}: shape {array.shape} {array.dtype} does not match its index "

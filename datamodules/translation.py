@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from torch.utils.data import Dataset
 from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
                                  check_on_bad_sample, record_skips, skip_marker)
 from datamodules.formats import read_pose_pickle, read_unisign_labels
-from datamodules.keypoints import (PART_SLICES, SCORE_THRESHOLD, normalise_clips, part_nodes, rebox_clips,
+from datamodules.keypoints import (SCORE_THRESHOLD, normalise_clips, part_nodes, rebox_clips,
                                    sample_frame_indices)
 from datamodules.packed import PackedClip, PackedPoses, ensure_packed, error_reason
 from datamodules.tokenization import load_tokenizer
@@ -99,18 +100,19 @@ class PoseTextDataset(Dataset):
             if not loaded:
                 continue
             per_clip = [entry[2] for entry in loaded]
-            nodes = np.concatenate(per_clip)  # (N, 69, 3), an owned copy
-            lengths = np.array([len(n) for n in per_clip])
             clips = [entry[3] for entry in loaded]
+            if kind == "whole":  # already normalised: the collate copies them straight out of the map
+                self._fill(items, loaded, [torch.from_numpy(n) for n in per_clip], [clip.scale for clip in clips])
+                continue
+            nodes = np.concatenate(per_clip)  # (N, 69, 3), an owned copy
+            lengths = [len(n) for n in per_clip]
             if kind == "raw":
-                normalised, _, scales = normalise_clips(nodes, lengths)
-            elif kind == "whole":
-                normalised, scales = torch.from_numpy(nodes), [clip.scale for clip in clips]
+                normalised, _, scales = normalise_clips(nodes, np.array(lengths))
             else:
-                normalised, scales = rebox_clips(nodes, np.concatenate([clip.extremes for clip in clips]), lengths,
-                                                 np.array([clip.corner for clip in clips]).T,
+                normalised, scales = rebox_clips(nodes, np.concatenate([clip.extremes for clip in clips]),
+                                                 np.array(lengths), np.array([clip.corner for clip in clips]).T,
                                                  np.array([clip.scale for clip in clips]))
-            self._fill(items, loaded, normalised, lengths, np.asarray(scales).tolist())
+            self._fill(items, loaded, normalised.split(lengths), scales.tolist())
         return items
 
     def _load(self, record: dict, index: int, epoch: int) -> tuple[str, np.ndarray, PackedClip | None]:
@@ -135,18 +137,16 @@ class PoseTextDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         return sample_frame_indices(num_frames, self.max_len, rng)
 
-    def _fill(self, items: list, loaded: list, normalised: torch.Tensor, lengths: np.ndarray,
-              scales: list[float]) -> None:
-        """Items of ``loaded`` from their normalised frames (concatenated), at their positions."""
-        ends = np.cumsum(lengths).tolist()
-        for (pos, record, _, _), start, end, scale in zip(loaded, [0] + ends, ends, scales):
+    def _fill(self, items: list, loaded: list, normalised: Sequence[torch.Tensor], scales: list[float]) -> None:
+        """Items of ``loaded`` from their normalised frames (one (T, 69, 3) tensor each), at their positions."""
+        for (pos, record, _, _), nodes, scale in zip(loaded, normalised, scales):
             if scale == 0:
                 items[pos] = self._bad(record, _LowScore(
                     f"{record['pose_path']}: fewer than 4 body keypoints score above "
                     f"{SCORE_THRESHOLD} (or they coincide); every part would be zero"))
                 continue
-            item = {n: normalised[start:end, nodes] for n, nodes in PART_SLICES.items()}  # (T, V, 3) views
-            items[pos] = item | {k: record[k] for k in ("text", "gloss", "name", "target_ids")}
+            items[pos] = {"nodes": nodes,  # the collate cuts the parts
+                          **{k: record[k] for k in ("text", "gloss", "name", "target_ids")}}
 
     def _bad(self, record: dict, err: Exception) -> dict:
         """A skip marker for a sample that cannot be used, or the error naming it."""

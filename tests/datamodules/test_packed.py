@@ -89,6 +89,25 @@ def test_cache_holds_normalised_clips_and_box_extremes_in_label_order(csl):
     assert np.array_equal(clone.read("Sdev000_P0000_T00").nodes, poses.read("Sdev000_P0000_T00").nodes)
 
 
+def test_items_of_whole_clips_alias_the_map_but_writes_never_reach_the_file(csl):
+    """Clips kept whole go to the collate as views of the memory map (no copy on the way); a user
+    writing into an item changes only a private copy of the page, never the cache."""
+    dm = _dm(csl, max_len=400)
+    dm.prepare_data()
+    dm.setup()
+    array_path = paths(csl[0] / "packed", "train")[0]["nodes"]
+    before = array_path.read_bytes()
+    dataset = dm.datasets["train"]
+    item = dataset[0]
+    original = item["nodes"].clone()
+    assert np.shares_memory(item["nodes"].numpy(), dataset.poses.arrays()["nodes"])
+    item["nodes"].fill_(7.0)
+    assert array_path.read_bytes() == before
+    fresh = _dm(csl, max_len=400)
+    fresh.setup()
+    assert torch.equal(fresh.datasets["train"][0]["nodes"], original)
+
+
 def test_rebuilt_only_when_sources_change(csl):
     label_dir, pose_dir, _ = csl
     dm = _dm(csl, max_len=400)
