@@ -77,21 +77,26 @@ def _split_skipped(items: list[dict]) -> tuple[list[dict], list[tuple[str, str, 
     return good, skipped
 
 
-def pad_time(seqs: Sequence[torch.Tensor], repeat_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (T_i, ...) tensors to (B, T_max, ...) plus a (B, T_max) bool mask of real steps.
+def length_mask(lengths: torch.Tensor) -> torch.Tensor:
+    """Lengths (B,) -> (B, max length) bool, True on each sequence's real steps."""
+    return torch.arange(int(lengths.max()))[None] < lengths[:, None]
 
-    Padding repeats each sequence's last step (Uni-Sign's collate) or is zero. One concatenation
-    and one gather, not a copy per sequence.
-    """
-    lengths = torch.tensor([len(s) for s in seqs])
-    mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # (B, T_max)
-    if not repeat_last:
-        return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True), mask
+
+def padding_rows(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence lengths (B,) -> rows (B * T_max,) into their concatenation that pad each one by
+    repeating its last step (Uni-Sign's collate), and the (B, T_max) bool mask of real steps.
+    ``index_select`` with these rows copies whole rows; advanced indexing would gather them float by
+    float (~4x slower)."""
+    mask = length_mask(lengths)  # (B, T_max)
     starts = lengths.cumsum(0) - lengths
     steps = torch.minimum(torch.arange(mask.shape[1])[None], lengths[:, None] - 1)  # (B, T_max), last step repeated
-    rows = (starts[:, None] + steps).view(-1)  # (B * T_max,) into the concatenation
-    # index_select copies whole rows; advanced indexing would gather them float by float (~4x slower)
-    return torch.cat(list(seqs)).index_select(0, rows).view(*mask.shape, *seqs[0].shape[1:]), mask
+    return (starts[:, None] + steps).view(-1), mask
+
+
+def pad_zeros(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (T_i, ...) tensors to (B, T_max, ...), zero-padded, plus a (B, T_max) bool mask of real steps."""
+    mask = length_mask(torch.tensor([len(s) for s in seqs]))
+    return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True), mask
 
 
 class TranslationCollate:
@@ -106,13 +111,15 @@ class TranslationCollate:
     def __call__(self, items: list[dict]) -> dict:
         items, skipped = _split_skipped(items)
         batch = {}
-        # pad all 69 nodes at once, then cut the parts: one gather instead of one per part
-        nodes, batch["frame_mask"] = pad_time([it["nodes"] for it in items], repeat_last=True)  # (B, T, 69, 3)
+        # one concatenation of all 69 nodes, then each part gathered from it straight into its
+        # padded batch tensor: no padded 69-node copy to cut up again
+        rows, batch["frame_mask"] = padding_rows(torch.tensor([len(it["nodes"]) for it in items]))
+        nodes = torch.cat([it["nodes"] for it in items])  # (N, 69, 3)
         for part, node_slice in PART_SLICES.items():
-            batch[part] = nodes[:, :, node_slice].contiguous()  # (B, T, V_part, 3)
+            part_nodes = nodes[:, node_slice].index_select(0, rows)  # (B * T, V_part, 3)
+            batch[part] = part_nodes.view(*batch["frame_mask"].shape, *part_nodes.shape[1:])
         ids = [it["target_ids"] for it in items]
-        lengths = torch.tensor([len(i) for i in ids])
-        batch["target_mask"] = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # (B, L)
+        batch["target_mask"] = length_mask(torch.tensor([len(i) for i in ids]))  # (B, L)
         batch["target_ids"] = torch.full(batch["target_mask"].shape, self.pad_id, dtype=torch.long)
         batch["target_ids"][batch["target_mask"]] = torch.tensor([t for i in ids for t in i])  # row-major fill
         batch["text"] = [it["text"] for it in items]
@@ -126,8 +133,8 @@ class TranslationCollate:
 def collate_production(items: list[dict]) -> dict:
     """Items -> production batch (see module docstring)."""
     items, skipped = _split_skipped(items)
-    poses, pose_mask = pad_time([it["poses"] for it in items], repeat_last=False)
-    gloss_ids, gloss_mask = pad_time([it["gloss_ids"] for it in items], repeat_last=False)
+    poses, pose_mask = pad_zeros([it["poses"] for it in items])
+    gloss_ids, gloss_mask = pad_zeros([it["gloss_ids"] for it in items])
     batch = {"poses": poses, "pose_mask": pose_mask, "gloss_ids": gloss_ids, "gloss_mask": gloss_mask,
              "gloss": [it["gloss"] for it in items], "text": [it["text"] for it in items],
              "name": [it["name"] for it in items]}
