@@ -199,7 +199,7 @@ class PackedPoses:
                 if array.shape != expected or array.dtype != np.float32:
                     raise ValueError(f"{path}: shape {array.shape} {array.dtype} does not match its index "
                                      f"{expected} float32; delete the packed folder to rebuild it")
-                arrays[key] = array.view(np.ndarray)  # plain views: np.memmap's __getitem__ costs more than the copy
+                arrays[key] = array.view(np.ndarray)  # plain views: np.memmap's __getitem__ costs more than a slice
             self._arrays = arrays
         return self._arrays
 
