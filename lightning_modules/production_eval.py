@@ -5,10 +5,11 @@ ground-truth test poses back into glosses and text. Its gloss WER and text BLEU-
 against the references give the method's row; the same scores on the ground-truth poses give the
 "GT" row, the ceiling the back-translator itself sets (paper: WER 50.23, BLEU-4 10.47 on
 PHOENIX-2014T). Given the Pose-VQVAE's reconstruction of the reference poses, it also scores a
-"Pose-VQVAE reconstruction" row: the ceiling the tokenizer sets for every generator that speaks
-its codes (a generator cannot be read back better than its tokenizer's decoding of the truth). DTW-MJE compares the generated with the reference poses using Progressive
-Transformers' definition (L1 frame cost over the 50 x 3 joint values, divided by the reference
-length; ``generation.metrics.dtw_mje``, research note §2).
+"Pose-VQVAE reconstruction" row: what a generator that got every code of the test poses right
+would score, the practical ceiling the tokenizer sets for its generators. DTW-MJE compares the
+generated with the reference poses using Progressive Transformers' definition (L1 frame cost
+over the 50 x 3 joint values, divided by the reference length; ``generation.metrics.dtw_mje``,
+research note §2).
 
 A generator's ``test_step`` calls ``update`` per batch, ``on_test_epoch_end`` calls ``compute``
 on every rank (results are gathered with ``all_gather_object``, each sample counted once by
@@ -210,7 +211,7 @@ class ProductionEvaluator(nn.Module):
                   "ROUGE-L: its text translation; all 0-100. DTW-MJE: Progressive Transformers' L1 DTW "
                   "over the 50 x 3 joint values divided by the reference length. GT: the same "
                   "back-translator on the ground-truth poses. Pose-VQVAE reconstruction: the same "
-                  "on the tokenizer's decoding of the ground-truth codes, the best any generator of its "
-                  "codes can score. steps and s/sequence: sampling steps and "
+                  "on the tokenizer's decoding of the ground-truth poses' own codes, what a generator that "
+                  "got every code right would score. steps and s/sequence: sampling steps and "
                   "wall-clock sampling time per sequence, averaged over the samples.", ""]
         return "\n".join(lines)
