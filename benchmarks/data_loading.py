@@ -8,8 +8,10 @@ float64 keypoint and (1, 133) float32 score arrays, which is what Uni-Sign's pos
 script (rtmlib, ``keypoints / [W, H]`` appended frame by frame) pickles. Then for each
 page-cache state (warm: files read before; cold: every pose pickle and the packed array evicted
 with ``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a network file
-system), source (pickles of either layout, packed) and worker count (0, 2) times one training
-epoch at the demo settings (batch 16, max_len 256) and records samples/s, the peak
+system) and worker count (0, 2) times training epochs at the demo settings (batch 16, max_len
+256) of each source (pickles of either layout, packed), the sources taking turns epoch by epoch
+so that a drift of the machine's speed reaches them alike, and records the median epoch's
+samples/s after its first batch (which pays worker start-up) and over the whole epoch, the peak
 Python/numpy heap of the main process (tracemalloc, in an extra untimed epoch since tracing
 slows every allocation; memory-mapped pages are file cache, not heap) and, with 2 workers,
 whether a batch arrives faster than the demo training step takes (read from
@@ -84,14 +86,38 @@ def epoch(dm: SignTranslationDataModule) -> tuple[int, float, float]:
     return samples + len(first["name"]), time.perf_counter() - start, first_s
 
 
-def read_stage(dm: SignTranslationDataModule) -> float:
+def fresh_epoch(kwargs: dict, packed: bool, workers: int, evict_first: list[Path] | None, heap: bool = False):
+    """``epoch`` of a new DataModule (its memory map opens after any eviction), after evicting
+    ``evict_first`` from the page cache; with ``heap``, the epoch's peak traced heap in bytes
+    instead, in an epoch of its own since tracemalloc slows every allocation."""
+    if evict_first:
+        evict(evict_first)
+    dm = SignTranslationDataModule(**kwargs, packed=packed, num_workers=workers)
+    dm.setup("fit")
+    if not heap:
+        return epoch(dm)
+    tracemalloc.start()
+    epoch(dm)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def read_stage(kwargs: dict, packed: bool, repeats: int) -> float:
     """Clips/s of what the cache replaces alone: get one clip's sampled frames' part nodes into
-    memory (unpickle + gather, or copy out of the map), without normalising the batch or collating."""
+    memory (unpickle + gather, or copy out of the map), without normalising the batch or
+    collating; the best of ``repeats`` passes, the least disturbed one. Its DataModule (and memory
+    map) is gone on return: pages a live map has touched cannot be evicted for the cold epochs."""
+    dm = SignTranslationDataModule(**kwargs, packed=packed)
+    dm.setup("fit")
     data = dm.datasets["train"]
-    start = time.perf_counter()
-    for index, record in enumerate(data.records):
-        np.array(data._load(record, index, epoch=0)[1])  # a copy: a packed clip kept whole is a view
-    return len(data.records) / (time.perf_counter() - start)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for index, record in enumerate(data.records):
+            np.array(data._load(record, index, epoch=0)[1])  # a copy: a packed clip kept whole is a view
+        rates.append(len(data.records) / (time.perf_counter() - start))
+    return max(rates)
 
 
 class _BatchCopies(Dataset):
@@ -156,45 +182,38 @@ def main(argv: list[str] | None = None) -> None:
         pack_s, _ = timed(packed_dm.prepare_data)
         packed_dm.setup("fit")
         transport = transport_ms(next(iter(packed_dm.train_dataloader())), 2, samples // BATCH, repeats)
+        del packed_dm  # a live memory map keeps the pages it touched from being evicted
         cache_files = list((corpora["array"][0] / "packed").iterdir())
         cache_mb = sum(p.stat().st_size for p in cache_files) / 2 ** 20
         all_files = cache_files + [p for _, pose_dir in corpora.values() for p in pose_dir.iterdir()]
         sources = {f"pickles ({layout})": (common[layout], False) for layout in LAYOUTS}
         sources["packed"] = (common["array"], True)
-        read_rate = {}
+        read_rate = {source: read_stage(*sources[source], repeats) for source in sources}
         for cache in ("warm", "cold"):
-            for source, (kwargs, packed) in sources.items():
-                for workers in (0, 2):
-                    runs = []
-                    for i in range(repeats + 1):
-                        if cache == "cold":
-                            evict(all_files)
-                        # a fresh DataModule per epoch: its memory map opens after the eviction
-                        dm = SignTranslationDataModule(**kwargs, packed=packed, num_workers=workers)
-                        dm.setup("fit")
-                        if i < repeats:
-                            runs.append(epoch(dm))
-                        else:  # the heap in an epoch of its own: tracemalloc slows every allocation
-                            tracemalloc.start()
-                            epoch(dm)
-                            peak = tracemalloc.get_traced_memory()[1]
-                            tracemalloc.stop()
-                        del dm
-                    if cache == "warm" and source not in read_rate:  # the same for any worker count
-                        dm = SignTranslationDataModule(**kwargs, packed=packed)
-                        dm.setup("fit")
-                        read_rate[source] = max(read_stage(dm) for _ in range(repeats))  # the least disturbed pass
-                    n, seconds, first_s = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # median epoch
+            evicted = all_files if cache == "cold" else None
+            for workers in (0, 2):
+                # the sources take turns epoch by epoch, so a slow drift of the machine's speed
+                # (this VM's moves ±30 % over minutes) reaches all of them alike
+                runs = {source: [] for source in sources}
+                for _ in range(repeats):
+                    for source in sources:
+                        runs[source].append(fresh_epoch(*sources[source], workers, evicted))
+                for source in sources:
+                    peak = fresh_epoch(*sources[source], workers, evicted, heap=True)
+                    n, seconds, first_s = sorted(runs[source], key=lambda r: r[1])[len(runs[source]) // 2]  # median
                     rate = (n - BATCH) / seconds  # the first batch is timed apart
                     rows.append({"cache": cache, "source": source, "workers": workers,
-                                 "read_clips_per_s": read_rate.get(source) if cache == "warm" else None,
+                                 "read_clips_per_s": read_rate[source] if cache == "warm" else None,
                                  "samples_per_s": rate, "batch_ms": 1e3 * BATCH / rate, "first_batch_s": first_s,
+                                 # the first batch included: where a cold packed epoch waits for the disk
+                                 "epoch_samples_per_s": n / (first_s + seconds),
                                  "peak_heap_mb": peak / 2 ** 20,
                                  "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
     by = {(r["cache"], r["source"], r["workers"]): r for r in rows}
     speedup = {layout: {"read_stage": read_rate["packed"] / read_rate[f"pickles ({layout})"]}
-               | {f"loader_{cache}_workers_{w}":
-                  by[cache, "packed", w]["samples_per_s"] / by[cache, f"pickles ({layout})", w]["samples_per_s"]
+               | {f"{kind}_{cache}_workers_{w}":
+                  by[cache, "packed", w][key] / by[cache, f"pickles ({layout})", w][key]
+                  for kind, key in (("loader", "samples_per_s"), ("epoch", "epoch_samples_per_s"))
                   for cache in ("warm", "cold") for w in (0, 2)}
                for layout in LAYOUTS}
     print_table(f"SignTranslationDataModule, {samples} clips of {FRAMES[0]}-{FRAMES[1]} frames, batch {BATCH}, "
@@ -202,11 +221,14 @@ def main(argv: list[str] | None = None) -> None:
                 [("cache", "page cache", "s"), ("source", "source", "s"), ("workers", "workers", "d"),
                  ("read_clips_per_s", "read clips/s", ".0f"), ("samples_per_s", "samples/s", ".0f"),
                  ("batch_ms", "ms/batch", ".1f"), ("first_batch_s", "first batch s", ".2f"),
+                 ("epoch_samples_per_s", "epoch samples/s", ".0f"),
                  ("peak_heap_mb", "peak heap MB", ".1f"), ("keeps_up", "keeps up", "")])
     for layout, ratios in speedup.items():
-        print(f"packed / pickles ({layout}): read stage {ratios['read_stage']:.1f}x; loader (0 / 2 workers) "
-              + ", ".join(f"{cache} {ratios[f'loader_{cache}_workers_0']:.1f}x / {ratios[f'loader_{cache}_workers_2']:.1f}x"
-                          for cache in ("warm", "cold")))
+        print(f"packed / pickles ({layout}): read stage {ratios['read_stage']:.1f}x; "
+              + "; ".join(f"{label} (0 / 2 workers) " + ", ".join(
+                  f"{cache} {ratios[f'{kind}_{cache}_workers_0']:.1f}x / {ratios[f'{kind}_{cache}_workers_2']:.1f}x"
+                  for cache in ("warm", "cold"))
+                  for kind, label in (("loader", "loader"), ("epoch", "whole epoch"))))
     print(f"2-worker transport alone (copies of one batch, no loading): {transport:.1f} ms/batch")
     print("demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
     write_results("data_loading", args.out, {

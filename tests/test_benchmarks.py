@@ -58,6 +58,7 @@ def test_data_loading_quick_writes_json(tmp_path, capsys):
     assert set(rows) == {(c, s, w) for c in ("warm", "cold") for s in sources for w in (0, 2)}
     for (cache, _, _), row in rows.items():
         assert row["samples_per_s"] > 0 and row["peak_heap_mb"] >= 0
+        assert row["epoch_samples_per_s"] > 0
         assert (row["read_clips_per_s"] > 0) if cache == "warm" else row["read_clips_per_s"] is None
     speedup = result["speedup_packed_over_pickles"]
     assert set(speedup) == {"array", "per-frame"}
@@ -65,6 +66,8 @@ def test_data_loading_quick_writes_json(tmp_path, capsys):
         for cache in ("warm", "cold"):
             assert speedup[layout][f"loader_{cache}_workers_0"] == pytest.approx(
                 rows[cache, "packed", 0]["samples_per_s"] / rows[cache, f"pickles ({layout})", 0]["samples_per_s"])
+            assert speedup[layout][f"epoch_{cache}_workers_0"] == pytest.approx(
+                rows[cache, "packed", 0]["epoch_samples_per_s"] / rows[cache, f"pickles ({layout})", 0]["epoch_samples_per_s"])
     assert result["cache_mb"] > 0 and result["pack_seconds"] > 0 and result["transport_ms_per_batch_2_workers"] > 0
     _machine_ok(result["machine"])
     assert "samples/s" in capsys.readouterr().out
