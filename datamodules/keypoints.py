@@ -164,7 +164,8 @@ def normalise_clips(nodes: np.ndarray, lengths: np.ndarray, threshold: float = S
     clip = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (N,) clip of each frame
     xy, score = x[:2].contiguous(), x[2].contiguous()  # (2, N, 69), (N, 69): owned copies
     body = PART_SLICES["body"]
-    corner, scale = _crop_boxes(body_extremes(torch.from_numpy(nodes[:, body]), threshold), clip, len(lengths))
+    corner, scale = map(torch.from_numpy, _crop_boxes(
+        body_extremes(torch.from_numpy(nodes[:, body]), threshold).numpy(), np.asarray(lengths)))
     frame_scale = torch.where(scale > 0, scale, 1)[clip][:, None]  # (N, 1); 1 keeps 0-scale clips finite
     xy[:, :, body] -= corner[:, clip, None]
     xy[:, :, body] /= frame_scale
@@ -196,28 +197,26 @@ def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, co
     both boxes (nothing was clipped), and a hand or face value clipped to +-1 under s is beyond
     +-1 under s' too, since a >= 1.
     """
-    out = torch.from_numpy(nodes)  # (N, 69, 3), modified in place: callers pass an owned copy
-    lengths = torch.as_tensor(lengths)
-    clips = len(lengths)
-    clip = torch.repeat_interleave(torch.arange(clips), lengths)  # (N,)
-    corner, scale = _crop_boxes(torch.from_numpy(extremes), clip, clips)
+    lengths = np.asarray(lengths)
+    corner, scale = _crop_boxes(extremes, lengths)
     ok = scale > 0
-    side = torch.where(ok, scale, 1)  # 1 keeps unconfident subsets finite; they are zeroed below
-    scales, corners = torch.as_tensor(scales, dtype=torch.float32), torch.as_tensor(corners, dtype=torch.float32)
-    gain = torch.where(ok, scales / side, 0)  # (B,)
-    shift = torch.where(ok, gain - 1 + 2 * (corners - corner) / side, 0)  # (2, B)
-    # per-clip rows of factors over a frame's 69 (x, y, score) triples: the multiply then runs
-    # along contiguous 207-float rows (a broadcast over the last size-3 axis is several times slower)
-    factor = ok.to(out.dtype)[:, None, None].repeat(1, out.shape[1], 3)  # (B, 69, 3); 0 zeroes a clip
+    side = np.where(ok, scale, np.float32(1))  # 1 keeps unconfident subsets finite; they are zeroed below
+    scales, corners = np.asarray(scales, np.float32), np.asarray(corners, np.float32)
+    gain = np.where(ok, scales / side, np.float32(0))  # (B,)
+    shift = np.where(ok, gain - 1 + 2 * (corners - corner) / side, np.float32(0))  # (2, B)
+    # numpy rather than torch: a batch's few clips make every op small, where torch's dispatch and
+    # threads cost more than the arithmetic. Per-clip rows of factors over a frame's 69 (x, y, score)
+    # triples, so the multiply runs along contiguous 207-float rows
+    factor = np.repeat(ok.astype(np.float32)[:, None, None], nodes.shape[1], 1).repeat(3, 2)  # (B, 69, 3); 0 zeroes a clip
     factor[..., :2] = gain[:, None, None]
-    flat = out.view(len(clip), -1)  # (N, 207)
-    flat.mul_(factor.view(clips, -1).index_select(0, clip))  # index_select copies whole rows, indexing gathers floats
-    body_out = out[:, PART_SLICES["body"]]  # (N, 9, 3) view
+    flat = nodes.reshape(len(nodes), -1)  # (N, 207) view: callers pass an owned copy, changed in place
+    flat *= np.repeat(factor.reshape(len(lengths), -1), lengths, axis=0)
+    body_out = nodes[:, PART_SLICES["body"]]  # (N, 9, 3) view
     # stored low-score points are (0, 0, 0) and stored scores are clipped, so score > threshold is
     # still Uni-Sign's keep mask: only confident body points move
-    body_out[..., :2] += shift.T.index_select(0, clip)[:, None] * (body_out[..., 2:] > threshold)
-    flat.clamp_(-1, 1)  # the stored scores were clipped already
-    return out, scale
+    body_out[..., :2] += np.repeat(shift.T, lengths, axis=0)[:, None] * (body_out[..., 2:] > threshold)
+    np.clip(flat, -1, 1, out=flat)  # the stored scores were clipped already
+    return torch.from_numpy(nodes), torch.from_numpy(scale)
 
 
 BODY_EXTREMES = ("min x", "min y", "max x", "max y", "count")  # the columns of ``body_extremes``
@@ -234,14 +233,15 @@ def body_extremes(body: torch.Tensor, threshold: float = SCORE_THRESHOLD) -> tor
                       valid.sum(1, dtype=body.dtype)), dim=1)
 
 
-def _crop_boxes(extremes: torch.Tensor, clip: torch.Tensor, clips: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-clip body boxes: ``body_extremes`` of the frames (N, 5), clip index of each frame (N,)
-    -> top-left corners (2, B), sides (B,), side 0 when a clip has fewer than 4 confident
-    points. One scatter-reduce per statistic over each clip's frames."""
-    index = clip[:, None].expand(-1, 2)  # (N, 2)
-    lo = torch.full((clips, 2), torch.inf).scatter_reduce(0, index, extremes[:, :2], "amin")
-    hi = torch.full((clips, 2), -torch.inf).scatter_reduce(0, index, extremes[:, 2:4], "amax")
-    ok = torch.zeros(clips).index_add_(0, clip, extremes[:, 4]) >= MIN_VALID_BODY_POINTS
-    lo, hi = torch.where(ok[:, None], lo, 0), torch.where(ok[:, None], hi, 0)  # (B, 2); no inf arithmetic below
-    scale = (hi - lo).amax(1)  # (B,)
-    return ((lo + hi - scale[:, None]) / 2).T, scale  # corner of the square centred on the bbox
+def _crop_boxes(extremes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip body boxes: ``body_extremes`` of B clips' frames concatenated (N, 5) float32, the
+    clips' frame counts (B,), each at least 1 -> top-left corners (2, B), sides (B,), side 0 when a
+    clip has fewer than 4 confident points. One segment reduction per statistic (numpy, no
+    threads: at a batch's size the per-op cost is what counts)."""
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # reduceat segments; a 0 length would merge two
+    lo = np.minimum.reduceat(extremes[:, :2], starts, axis=0)  # (B, 2)
+    hi = np.maximum.reduceat(extremes[:, 2:4], starts, axis=0)
+    ok = (np.add.reduceat(extremes[:, 4], starts) >= MIN_VALID_BODY_POINTS)[:, None]
+    lo, hi = np.where(ok, lo, np.float32(0)), np.where(ok, hi, np.float32(0))  # no inf arithmetic below
+    scale = (hi - lo).max(1)  # (B,)
+    return ((lo + hi - scale[:, None]) / np.float32(2)).T, scale  # corner of the square centred on the bbox
