@@ -207,7 +207,8 @@ def rebox_clips(nodes: np.ndarray, extremes: np.ndarray, lengths: np.ndarray, co
     # numpy rather than torch: a batch's few clips make every op small, where torch's dispatch and
     # threads cost more than the arithmetic. Per-clip rows of factors over a frame's 69 (x, y, score)
     # triples, so the multiply runs along contiguous 207-float rows
-    factor = np.repeat(ok.astype(np.float32)[:, None, None], nodes.shape[1], 1).repeat(3, 2)  # (B, 69, 3); 0 zeroes a clip
+    factor = np.empty((len(lengths), *nodes.shape[1:]), np.float32)  # (B, 69, 3)
+    factor[...] = ok[:, None, None]  # 0 zeroes an unconfident clip; scores keep factor 1
     factor[..., :2] = gain[:, None, None]
     flat = nodes.reshape(len(nodes), -1)  # (N, 207) view: callers pass an owned copy, changed in place
     flat *= np.repeat(factor.reshape(len(lengths), -1), lengths, axis=0)
@@ -238,7 +239,9 @@ def _crop_boxes(extremes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
     clips' frame counts (B,), each at least 1 -> top-left corners (2, B), sides (B,), side 0 when a
     clip has fewer than 4 confident points. One segment reduction per statistic (numpy, no
     threads: at a batch's size the per-op cost is what counts)."""
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # reduceat segments; a 0 length would merge two
+    if len(lengths) == 0 or lengths.min() < 1:  # reduceat cannot express an empty segment
+        raise ValueError(f"crop boxes need clips of at least one frame, got lengths {lengths.tolist()}")
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # (B,) where each clip's segment begins
     lo = np.minimum.reduceat(extremes[:, :2], starts, axis=0)  # (B, 2)
     hi = np.maximum.reduceat(extremes[:, 2:4], starts, axis=0)
     ok = (np.add.reduceat(extremes[:, 4], starts) >= MIN_VALID_BODY_POINTS)[:, None]

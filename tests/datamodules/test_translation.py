@@ -380,3 +380,14 @@ def test_synthsign_corpus_through_the_real_readers(tmp_path):
         assert (batch["target_ids"] != dm.tokenizer.unk_token_id).all()  # tokenizer covers corpus
         assert dm.tokenizer.batch_decode(batch["target_ids"], skip_special_tokens=True) == batch["text"]
         assert batch["body"].abs().max() <= 1 and batch["frame_mask"].any(1).all()
+
+
+def test_normalising_an_empty_clip_is_refused_not_merged_with_its_neighbour():
+    """Crop boxes reduce each clip's segment of frames; an empty segment would silently take the
+    next clip's first frame, so it is refused with the lengths named."""
+    nodes = np.random.default_rng(0).uniform(0.3, 0.7, (5, 69, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"at least one frame, got lengths \[2, 0, 3\]"):
+        normalise_clips(nodes, np.array([2, 0, 3]))
+    extremes = body_extremes(torch.from_numpy(nodes[:, PART_SLICES["body"]])).numpy()
+    with pytest.raises(ValueError, match="at least one frame"):
+        rebox_clips(nodes.copy(), extremes, np.array([5, 0]), np.zeros((2, 2), np.float32), np.ones(2, np.float32))
