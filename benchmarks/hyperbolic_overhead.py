@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import geoopt_reference as listing  # noqa: E402
 from benchmarks.common import median_time, parse_args, print_table, timed, write_results  # noqa: E402
+from datamodules.batches import length_mask  # noqa: E402
 from datamodules.keypoints import PART_NAMES, PART_NODES  # noqa: E402
 from lightning_modules.geosign import GeoSignTranslator  # noqa: E402
 from lightning_modules.hyperbolic_branch import HyperbolicBranch, masked_mean  # noqa: E402
@@ -71,8 +72,8 @@ def make_batch(cfg: dict, seed: int = 0) -> dict:
     token_len = torch.randint(max(L // 2, 1), L + 1, (B,), generator=g)
     token_len[0] = L
     batch = {p: torch.rand(B, T, PART_NODES[p], 3, generator=g) * 2 - 1 for p in PART_NAMES}
-    batch["frame_mask"] = torch.arange(T)[None] < frame_len[:, None]  # (B, T)
-    batch["target_mask"] = torch.arange(L)[None] < token_len[:, None]  # (B, L)
+    batch["frame_mask"] = length_mask(frame_len)  # (B, T): frame_len[0] = T
+    batch["target_mask"] = length_mask(token_len)  # (B, L): token_len[0] = L
     batch["target_ids"] = torch.randint(3, VOCAB, (B, L), generator=g).masked_fill(~batch["target_mask"], 0)
     batch["target_ids"][torch.arange(B), token_len - 1] = 1  # eos
     batch |= {"text": [""] * B, "gloss": [[]] * B, "name": [f"s{i}" for i in range(B)]}
