@@ -6,18 +6,21 @@ pickle layouts with the same values: ``array``, one (T, 1, 133, 2) float32 array
 cheapest to unpickle; SynthSign writes it), and ``per-frame``, lists of per-frame (1, 133, 2)
 float64 keypoint and (1, 133) float32 score arrays, which is what Uni-Sign's pose-extraction
 script (rtmlib, ``keypoints / [W, H]`` appended frame by frame) pickles. Then for each
-page-cache state (warm: files read before; cold: every pose pickle and the packed array evicted
-with ``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a network file
-system) and worker count (0, 2) times training epochs at the demo settings (batch 16, max_len
-256) of each source (pickles of either layout, packed), the sources taking turns epoch by epoch
-so that a drift of the machine's speed reaches them alike, and records the median epoch's
-samples/s after its first batch (which pays worker start-up) and over the whole epoch, the peak
+page-cache state (warm: files read before, one DataLoader per source for all its epochs as in a
+training run; cold: every pose pickle and the packed array evicted with
+``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a network file system, and
+a new DataModule per epoch) and worker count (0, 2) times training epochs at the demo settings
+(batch 16, max_len 256) of each source (pickles of either layout, packed), the sources taking
+turns epoch by epoch so that a drift of the machine's speed reaches them alike, and records the
+median epoch's samples/s after its first batch (which pays worker start-up) and over the whole
+epoch, the rate at which the epoch goes through its source's files (cold: the disk's rate), the peak
 Python/numpy heap of the main process (tracemalloc, in an extra untimed epoch since tracing
 slows every allocation; memory-mapped pages are file cache, not heap) and, with 2 workers,
 whether a batch arrives faster than the demo training step takes (read from
 ``hyperbolic_overhead.json`` when that benchmark has run). Also times a 2-worker DataLoader that
 only hands over copies of one real batch: the transport between processes alone, which bounds
-any 2-worker row. Prints a table, writes ``data_loading.json``.
+any 2-worker row, and what moving a batch into shared memory costs in one process. Prints a
+table, writes ``data_loading.json``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, parse_args, print_table, timed, write_results  # noqa: E402
+from benchmarks.common import RESULTS_DIR, median_time, parse_args, print_table, timed, write_results  # noqa: E402
 from datamodules.translation import SignTranslationDataModule  # noqa: E402
 
 BATCH, MAX_LEN = 16, 256  # the demo configs' batch_size and max_len (Uni-Sign's max_length)
@@ -73,31 +77,38 @@ def write_corpus(root: Path, samples: int, layout: str, seed: int = 0) -> tuple[
     return label_dir, pose_dir
 
 
-def epoch(dm: SignTranslationDataModule) -> tuple[int, float, float]:
+def epoch(loader: DataLoader) -> tuple[int, float, float]:
     """(samples, seconds for all batches after the first, seconds to the first batch): the first
     batch pays worker start-up, which a training run pays once, not per batch."""
     start = time.perf_counter()
-    loader = iter(dm.train_dataloader())
-    first = next(loader)
+    batches = iter(loader)
+    first = next(batches)
     first_s = time.perf_counter() - start
     start, samples = time.perf_counter(), 0
-    for batch in loader:
+    for batch in batches:
         samples += len(batch["name"])
     return samples + len(first["name"]), time.perf_counter() - start, first_s
 
 
-def fresh_epoch(kwargs: dict, packed: bool, workers: int, evict_first: list[Path] | None, heap: bool = False):
-    """``epoch`` of a new DataModule (its memory map opens after any eviction), after evicting
-    ``evict_first`` from the page cache; with ``heap``, the epoch's peak traced heap in bytes
-    instead, in an epoch of its own since tracemalloc slows every allocation."""
-    if evict_first:
-        evict(evict_first)
+def train_loader(kwargs: dict, packed: bool, workers: int) -> DataLoader:
+    """The training DataLoader of a new DataModule (its memory map opens at the first batch)."""
     dm = SignTranslationDataModule(**kwargs, packed=packed, num_workers=workers)
     dm.setup("fit")
-    if not heap:
-        return epoch(dm)
+    return dm.train_dataloader()
+
+
+def fresh_epoch(kwargs: dict, packed: bool, workers: int, evict_first: list[Path]) -> tuple[int, float, float]:
+    """``epoch`` of a new DataModule after evicting ``evict_first`` from the page cache: a live
+    memory map would keep the pages it touched from being evicted."""
+    evict(evict_first)
+    return epoch(train_loader(kwargs, packed, workers))
+
+
+def peak_heap(run: Callable[[], object]) -> int:
+    """Peak traced Python/numpy heap of ``run()`` in bytes; in an epoch of its own, since
+    tracemalloc slows every allocation."""
     tracemalloc.start()
-    epoch(dm)
+    run()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
@@ -147,6 +158,15 @@ def transport_ms(batch: dict, workers: int, batches: int, repeats: int) -> float
     return sorted(runs)[len(runs) // 2]
 
 
+def share_ms(batch: dict, repeats: int) -> float:
+    """Median ms to move copies of ``batch``'s tensors into shared memory, in one process, less
+    the copies themselves: the part of the transport that a worker pays for fresh shared-memory
+    pages (the kernel hands them out zero-filled, page by page)."""
+    tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+    shared = median_time(lambda: [t.clone().share_memory_() for t in tensors], 5 * repeats)
+    return 1e3 * (shared - median_time(lambda: [t.clone() for t in tensors], 5 * repeats))
+
+
 def demo_step_seconds(out_dir: Path) -> float | None:
     """Median demo training step (token mode) from the hyperbolic-overhead results, if present."""
     for folder in (out_dir, RESULTS_DIR):
@@ -169,7 +189,7 @@ def evict(paths: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
-    samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 5)
+    samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 7)
     step_s = demo_step_seconds(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,25 +201,38 @@ def main(argv: list[str] | None = None) -> None:
         packed_dm = SignTranslationDataModule(**common["array"])
         pack_s, _ = timed(packed_dm.prepare_data)
         packed_dm.setup("fit")
-        transport = transport_ms(next(iter(packed_dm.train_dataloader())), 2, samples // BATCH, repeats)
+        one_batch = next(iter(packed_dm.train_dataloader()))
+        transport = transport_ms(one_batch, 2, samples // BATCH, repeats)
+        to_shared = share_ms(one_batch, repeats)
         del packed_dm  # a live memory map keeps the pages it touched from being evicted
         cache_files = list((corpora["array"][0] / "packed").iterdir())
         cache_mb = sum(p.stat().st_size for p in cache_files) / 2 ** 20
         all_files = cache_files + [p for _, pose_dir in corpora.values() for p in pose_dir.iterdir()]
         sources = {f"pickles ({layout})": (common[layout], False) for layout in LAYOUTS}
         sources["packed"] = (common["array"], True)
+        source_mb = {f"pickles ({layout})": sum(p.stat().st_size for p in pose_dir.iterdir()) / 2 ** 20
+                     for layout, (_, pose_dir) in corpora.items()} | {"packed": cache_mb}
         read_rate = {source: read_stage(*sources[source], repeats) for source in sources}
         for cache in ("warm", "cold"):
-            evicted = all_files if cache == "cold" else None
             for workers in (0, 2):
+                if cache == "warm":  # one loader per source for all its epochs, as a training run maps its cache once
+                    loaders = {source: train_loader(*sources[source], workers) for source in sources}
+
+                    def run(source: str) -> tuple[int, float, float]:
+                        return epoch(loaders[source])
+                else:
+                    loaders = None  # no live map may hold pages the eviction should drop
+
+                    def run(source: str) -> tuple[int, float, float]:
+                        return fresh_epoch(*sources[source], workers, all_files)
                 # the sources take turns epoch by epoch, so a slow drift of the machine's speed
                 # (this VM's moves ±30 % over minutes) reaches all of them alike
                 runs = {source: [] for source in sources}
                 for _ in range(repeats):
                     for source in sources:
-                        runs[source].append(fresh_epoch(*sources[source], workers, evicted))
+                        runs[source].append(run(source))
                 for source in sources:
-                    peak = fresh_epoch(*sources[source], workers, evicted, heap=True)
+                    peak = peak_heap(lambda: run(source))
                     n, seconds, first_s = sorted(runs[source], key=lambda r: r[1])[len(runs[source]) // 2]  # median
                     rate = (n - BATCH) / seconds  # the first batch is timed apart
                     rows.append({"cache": cache, "source": source, "workers": workers,
@@ -207,8 +240,11 @@ def main(argv: list[str] | None = None) -> None:
                                  "samples_per_s": rate, "batch_ms": 1e3 * BATCH / rate, "first_batch_s": first_s,
                                  # the first batch included: where a cold packed epoch waits for the disk
                                  "epoch_samples_per_s": n / (first_s + seconds),
+                                 # what an epoch reads from the files: cold, the disk's rate
+                                 "file_mb_per_s": source_mb[source] * n / samples / (first_s + seconds),
                                  "peak_heap_mb": peak / 2 ** 20,
                                  "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
+                del loaders
     by = {(r["cache"], r["source"], r["workers"]): r for r in rows}
     speedup = {layout: {"read_stage": read_rate["packed"] / read_rate[f"pickles ({layout})"]}
                | {f"{kind}_{cache}_workers_{w}":
@@ -217,11 +253,12 @@ def main(argv: list[str] | None = None) -> None:
                   for cache in ("warm", "cold") for w in (0, 2)}
                for layout in LAYOUTS}
     print_table(f"SignTranslationDataModule, {samples} clips of {FRAMES[0]}-{FRAMES[1]} frames, batch {BATCH}, "
-                f"max_len {MAX_LEN}; packing took {pack_s:.1f} s ({cache_mb:.0f} MB)", rows,
+                f"max_len {MAX_LEN}; packing took {pack_s:.1f} s; files read per epoch: "
+                + ", ".join(f"{source} {mb:.0f} MB" for source, mb in source_mb.items()), rows,
                 [("cache", "page cache", "s"), ("source", "source", "s"), ("workers", "workers", "d"),
                  ("read_clips_per_s", "read clips/s", ".0f"), ("samples_per_s", "samples/s", ".0f"),
                  ("batch_ms", "ms/batch", ".1f"), ("first_batch_s", "first batch s", ".2f"),
-                 ("epoch_samples_per_s", "epoch samples/s", ".0f"),
+                 ("epoch_samples_per_s", "epoch samples/s", ".0f"), ("file_mb_per_s", "file MB/s", ".0f"),
                  ("peak_heap_mb", "peak heap MB", ".1f"), ("keeps_up", "keeps up", "")])
     for layout, ratios in speedup.items():
         print(f"packed / pickles ({layout}): read stage {ratios['read_stage']:.1f}x; "
@@ -229,12 +266,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{cache} {ratios[f'{kind}_{cache}_workers_0']:.1f}x / {ratios[f'{kind}_{cache}_workers_2']:.1f}x"
                   for cache in ("warm", "cold"))
                   for kind, label in (("loader", "loader"), ("epoch", "whole epoch"))))
-    print(f"2-worker transport alone (copies of one batch, no loading): {transport:.1f} ms/batch")
+    print(f"2-worker transport alone (copies of one batch, no loading): {transport:.1f} ms/batch; "
+          f"of a worker's share, moving a batch into shared memory: {to_shared:.1f} ms")
     print("demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
     write_results("data_loading", args.out, {
         "samples": samples, "frames": FRAMES, "batch": BATCH, "max_len": MAX_LEN, "repeats": repeats,
-        "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "demo_step_s": step_s,
-        "transport_ms_per_batch_2_workers": transport,
+        "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "source_mb": source_mb, "demo_step_s": step_s,
+        "transport_ms_per_batch_2_workers": transport, "share_memory_ms_per_batch": to_shared,
         "speedup_packed_over_pickles": speedup, "rows": rows})
 
 

@@ -69,6 +69,12 @@ def test_data_loading_quick_writes_json(tmp_path, capsys):
             assert speedup[layout][f"epoch_{cache}_workers_0"] == pytest.approx(
                 rows[cache, "packed", 0]["epoch_samples_per_s"] / rows[cache, f"pickles ({layout})", 0]["epoch_samples_per_s"])
     assert result["cache_mb"] > 0 and result["pack_seconds"] > 0 and result["transport_ms_per_batch_2_workers"] > 0
+    assert result["share_memory_ms_per_batch"] > 0  # fresh shared pages cost more than a plain copy
+    # the cache holds 69 of 133 keypoints in float32: fewer bytes than either pickle layout
+    assert result["source_mb"]["packed"] < min(result["source_mb"][s] for s in sources[:2])
+    for (_, source, _), row in rows.items():  # every epoch reads all of its source's clips
+        assert row["file_mb_per_s"] == pytest.approx(
+            result["source_mb"][source] * row["epoch_samples_per_s"] / result["samples"])
     _machine_ok(result["machine"])
     assert "samples/s" in capsys.readouterr().out
 
