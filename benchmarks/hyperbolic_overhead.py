@@ -18,8 +18,10 @@ Plain script: ``python benchmarks/hyperbolic_overhead.py [--quick] [--compile] [
    4-8 on geoopt: the 50-iteration Fréchet mean with its per-step convergence check, broadcast
    attention). Goal: ours at least 5x faster. Both variants share the masked means and the
    Euclidean Linear maps in front of the ball; their time is measured on its own and a second
-   speed-up removes it from both (the geometry alone). ``--compile`` adds ``torch.compile`` (inductor)
-   of our branch; its one-off compile time is reported.
+   speed-up removes it from both (the geometry alone). Timed in float32 and under CPU bf16
+   autocast, the paper's training precision (Table 3), where those Linear maps cost less than
+   half. ``--compile`` adds ``torch.compile`` (inductor) of our branch; its one-off compile time
+   is reported.
 
 Prints two tables, writes ``hyperbolic_overhead.json``.
 """
@@ -174,15 +176,31 @@ class ListingBranch(nn.Module):
         return torch.stack([self.loss(h[:, i], contexts[:, i])["loss"] for i in range(len(PART_NAMES))]).mean()
 
 
+def fwd_bwd(loss_of: Callable[[], Tensor], bf16: bool) -> Callable[[], None]:
+    """A step that runs ``loss_of`` (under CPU bf16 autocast if ``bf16``) and backpropagates it."""
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of()
+        loss.backward()
+    return step
+
+
+PRECISIONS = ("32-true", "bf16-mixed")  # Lightning's names; the paper trains with bf16 autocast (Table 3)
+
+
 def bench_branch(cfg: dict, repeats: int, compile_branch: bool) -> list[dict]:
-    """Forward + backward of the branch alone: ours (eager, optionally compiled) vs the listings."""
+    """Forward + backward of the branch alone: ours (eager, optionally compiled) vs the listings,
+    in float32 and under CPU bf16 autocast. Under autocast the Euclidean Linear maps of both run in
+    bf16; the listings' geoopt calls follow autocast where they matmul, ours keep the geometry in
+    float32 (``geometry/nn.py``)."""
     g = torch.Generator().manual_seed(1)
     B, T, L, part_dim, text_dim = cfg["batch"], cfg["frames"], cfg["tokens"], cfg["encoder"]["hidden"][-1], cfg["mt5"]["d_model"]
     batch = make_batch(cfg)
     inputs = ({p: torch.randn(B, T, part_dim, generator=g, requires_grad=True) for p in PART_NAMES},
               batch["frame_mask"], torch.randn(B, L, text_dim, generator=g, requires_grad=True), batch["target_mask"])
     rows = []
-    for mode in ("pooled", "token"):
+    for precision, mode in ((precision, mode) for precision in PRECISIONS for mode in MODES):
+        bf16 = precision == "bf16-mixed"
         torch.manual_seed(0)
         variants = {"listings (geoopt)": ListingBranch(mode, part_dim, text_dim, cfg["hyp_dim"]),
                     "ours": HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])}
@@ -190,37 +208,38 @@ def bench_branch(cfg: dict, repeats: int, compile_branch: bool) -> list[dict]:
         if compile_branch:
             compiled = HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])
             compiled.compile(fullgraph=True)
-            compile_s = timed(lambda: compiled(*inputs)[0].backward())[0]  # first call compiles forward and backward
+            compile_s = timed(fwd_bwd(lambda: compiled(*inputs)[0], bf16))[0]  # the first call compiles forward and backward
             variants["ours, torch.compile"] = compiled
         ms = {}
         for label, module in variants.items():
             loss_of = (lambda m=module: m(*inputs)) if label.startswith("listings") else (lambda m=module: m(*inputs)[0])
-            ms[label] = 1e3 * median_time(lambda f=loss_of: f().backward(), repeats)
-        shared = 1e3 * median_time(euclidean_maps(mode, part_dim, text_dim, cfg["hyp_dim"], inputs), repeats)
+            ms[label] = 1e3 * median_time(fwd_bwd(loss_of, bf16), repeats)
+        shared = 1e3 * median_time(fwd_bwd(euclidean_maps(mode, part_dim, text_dim, cfg["hyp_dim"], inputs), bf16), repeats)
         for label, t in ms.items():
-            rows.append({"mode": mode, "variant": label, "fwd_bwd_ms": t, "speedup_vs_listings": ms["listings (geoopt)"] / t,
-                         "euclidean_ms": shared,
+            rows.append({"precision": precision, "mode": mode, "variant": label, "fwd_bwd_ms": t,
+                         "speedup_vs_listings": ms["listings (geoopt)"] / t, "euclidean_ms": shared,
                          "geometry_speedup": (ms["listings (geoopt)"] - shared) / max(t - shared, 1e-3),
                          "compile_s": compile_s if "compile" in label else None})
     return rows
 
 
-def euclidean_maps(mode: str, part_dim: int, text_dim: int, hyp_dim: int, inputs: tuple) -> Callable[[], None]:
-    """Forward + backward of the work both variants share and neither can speed up: the masked
-    temporal means and the Euclidean Linear maps in front of the ball (4 parts, and the text:
-    every token in token mode, the pooled text in pooled mode). At the paper's token shapes the
-    (B·L, 768) x (768, 256) text map alone is a large part of the listing's time, which bounds
-    any whole-branch speed-up (Amdahl); the geometry speed-up column removes it from both."""
+def euclidean_maps(mode: str, part_dim: int, text_dim: int, hyp_dim: int, inputs: tuple) -> Callable[[], Tensor]:
+    """The forward, as a loss to backpropagate, of the work both variants share and neither can
+    speed up: the masked temporal means and the Euclidean Linear maps in front of the ball (4
+    parts, and the text: every token in token mode, the pooled text in pooled mode). At the
+    paper's token shapes the (B·L, 768) x (768, 256) text map alone is a large part of the
+    listing's time, which bounds any whole-branch speed-up (Amdahl); the geometry speed-up column
+    removes it from both."""
     part_features, frame_mask, decoder_hidden, target_mask = inputs
     parts = nn.ModuleList(nn.Linear(part_dim, hyp_dim) for _ in PART_NAMES)
     text = nn.Linear(text_dim, hyp_dim)
 
-    def step() -> None:
+    def loss() -> Tensor:
         h = torch.stack([lin(masked_mean(part_features[p], frame_mask)) for lin, p in zip(parts, PART_NAMES)], 1)
         t = text(decoder_hidden) if mode == "token" else text(masked_mean(decoder_hidden, target_mask))
-        (h.sum() + t.sum()).backward()
+        return h.float().sum() + t.float().sum()
 
-    return step
+    return loss
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print_table(f"Hyperbolic branch alone, fwd + bwd, batch {branch_cfg['batch']}, {branch_cfg['tokens']} tokens, "
                 f"hyp_dim {branch_cfg['hyp_dim']}, text width {branch_cfg['mt5']['d_model']}", branch_rows,
-                [("mode", "mode", "s"), ("variant", "variant", "s"), ("fwd_bwd_ms", "ms", ".2f"),
+                [("precision", "precision", "s"), ("mode", "mode", "s"), ("variant", "variant", "s"), ("fwd_bwd_ms", "ms", ".2f"),
                  ("speedup_vs_listings", "x vs listings", ".1f"), ("euclidean_ms", "shared Linear ms", ".2f"),
                  ("geometry_speedup", "x geometry only", ".1f"), ("compile_s", "compile s", "")])
     write_results("hyperbolic_overhead", args.out, {

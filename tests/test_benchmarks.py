@@ -30,8 +30,9 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     for row in rows.values():
         assert row["steps"] == 2 and row["step_ms"] > 0 and row["baseline_ms"] > 0
         assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"] and math.isfinite(row["ratio"])
-    variants = {(r["mode"], r["variant"]) for r in result["branch_rows"]}
-    assert variants == {(m, v) for m in ("pooled", "token") for v in ("ours", "listings (geoopt)")}
+    variants = {(r["precision"], r["mode"], r["variant"]) for r in result["branch_rows"]}
+    assert variants == {(p, m, v) for p in ("32-true", "bf16-mixed") for m in ("pooled", "token")
+                        for v in ("ours", "listings (geoopt)")}
     for row in result["branch_rows"]:
         assert row["fwd_bwd_ms"] > 0 and row["speedup_vs_listings"] > 0
         assert row["euclidean_ms"] > 0 and row["geometry_speedup"] > 0
