@@ -186,13 +186,16 @@ def fwd_bwd(loss_of: Callable[[], Tensor], bf16: bool) -> Callable[[], None]:
 
 
 PRECISIONS = ("32-true", "bf16-mixed")  # Lightning's names; the paper trains with bf16 autocast (Table 3)
+LISTINGS, SHARED = "listings (geoopt)", "shared Euclidean maps"
 
 
-def bench_branch(cfg: dict, repeats: int, compile_branch: bool) -> list[dict]:
+def bench_branch(cfg: dict, rounds: int, repeats: int, compile_branch: bool) -> list[dict]:
     """Forward + backward of the branch alone: ours (eager, optionally compiled) vs the listings,
     in float32 and under CPU bf16 autocast. Under autocast the Euclidean Linear maps of both run in
     bf16; the listings' geoopt calls follow autocast where they matmul, ours keep the geometry in
-    float32 (``geometry/nn.py``)."""
+    float32 (``geometry/nn.py``). The variants take turns over ``rounds`` rounds (median of
+    ``repeats`` calls each), and each speed-up is the median of its per-round ratios, as in
+    ``bench_steps``: the listings' time alone moves by half from run to run on this machine."""
     g = torch.Generator().manual_seed(1)
     B, T, L, part_dim, text_dim = cfg["batch"], cfg["frames"], cfg["tokens"], cfg["encoder"]["hidden"][-1], cfg["mt5"]["d_model"]
     batch = make_batch(cfg)
@@ -202,23 +205,29 @@ def bench_branch(cfg: dict, repeats: int, compile_branch: bool) -> list[dict]:
     for precision, mode in ((precision, mode) for precision in PRECISIONS for mode in MODES):
         bf16 = precision == "bf16-mixed"
         torch.manual_seed(0)
-        variants = {"listings (geoopt)": ListingBranch(mode, part_dim, text_dim, cfg["hyp_dim"]),
-                    "ours": HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])}
+        listing_branch = ListingBranch(mode, part_dim, text_dim, cfg["hyp_dim"])
+        ours = {"ours": HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])}
         compile_s = None
         if compile_branch:
             compiled = HyperbolicBranch(mode, part_dim=part_dim, text_dim=text_dim, hyp_dim=cfg["hyp_dim"])
             compiled.compile(fullgraph=True)
             compile_s = timed(fwd_bwd(lambda: compiled(*inputs)[0], bf16))[0]  # the first call compiles forward and backward
-            variants["ours, torch.compile"] = compiled
-        ms = {}
-        for label, module in variants.items():
-            loss_of = (lambda m=module: m(*inputs)) if label.startswith("listings") else (lambda m=module: m(*inputs)[0])
-            ms[label] = 1e3 * median_time(fwd_bwd(loss_of, bf16), repeats)
-        shared = 1e3 * median_time(fwd_bwd(euclidean_maps(mode, part_dim, text_dim, cfg["hyp_dim"], inputs), bf16), repeats)
-        for label, t in ms.items():
-            rows.append({"precision": precision, "mode": mode, "variant": label, "fwd_bwd_ms": t,
-                         "speedup_vs_listings": ms["listings (geoopt)"] / t, "euclidean_ms": shared,
-                         "geometry_speedup": (ms["listings (geoopt)"] - shared) / max(t - shared, 1e-3),
+            ours["ours, torch.compile"] = compiled
+        steps = {LISTINGS: fwd_bwd(lambda: listing_branch(*inputs), bf16),
+                 **{label: fwd_bwd(lambda m=module: m(*inputs)[0], bf16) for label, module in ours.items()},
+                 SHARED: fwd_bwd(euclidean_maps(mode, part_dim, text_dim, cfg["hyp_dim"], inputs), bf16)}
+        seconds = {label: [] for label in steps}
+        for _ in range(rounds):
+            for label, step in steps.items():
+                seconds[label].append(median_time(step, repeats))
+        ms = {label: 1e3 * statistics.median(t) for label, t in seconds.items()}
+        for label in (LISTINGS, *ours):
+            ratios = [listing / t for listing, t in zip(seconds[LISTINGS], seconds[label])]
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            rows.append({"precision": precision, "mode": mode, "variant": label, "fwd_bwd_ms": ms[label],
+                         "speedup_vs_listings": statistics.median(ratios), "speedup_q1": q1, "speedup_q3": q3,
+                         "euclidean_ms": ms[SHARED],
+                         "geometry_speedup": (ms[LISTINGS] - ms[SHARED]) / max(ms[label] - ms[SHARED], 1e-3),
                          "compile_s": compile_s if "compile" in label else None})
     return rows
 
@@ -247,10 +256,10 @@ def main(argv: list[str] | None = None) -> None:
                       {"compile": "also time torch.compile (inductor) of the branch; compiling takes minutes on CPU"})
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one Trainer per round: no banners
     warnings.filterwarnings("ignore", module="lightning")
-    configs, rounds, steps, repeats = (QUICK, 1, 2, 2) if args.quick else (CONFIGS, 10, 3, 15)
+    configs, rounds, steps, repeats = (QUICK, 1, 2, 2) if args.quick else (CONFIGS, 10, 3, 3)
     step_rows = [row for name, cfg in configs.items() for row in bench_steps(name, cfg, rounds, steps)]
     branch_cfg = next(iter(QUICK.values())) if args.quick else CONFIGS["paper"]
-    branch_rows = bench_branch(branch_cfg, repeats, args.compile)
+    branch_rows = bench_branch(branch_cfg, rounds, repeats, args.compile)
     print_table(f"Training step (fwd + bwd + optimisers), torch threads {torch.get_num_threads()}, "
                 f"{rounds} rounds x {steps} steps, branch on and off; ratio: median of per-round ratios", step_rows,
                 [("config", "config", "s"), ("mode", "mode", "s"), ("step_ms", "ms/step", ".1f"),
@@ -259,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table(f"Hyperbolic branch alone, fwd + bwd, batch {branch_cfg['batch']}, {branch_cfg['tokens']} tokens, "
                 f"hyp_dim {branch_cfg['hyp_dim']}, text width {branch_cfg['mt5']['d_model']}", branch_rows,
                 [("precision", "precision", "s"), ("mode", "mode", "s"), ("variant", "variant", "s"), ("fwd_bwd_ms", "ms", ".2f"),
-                 ("speedup_vs_listings", "x vs listings", ".1f"), ("euclidean_ms", "shared Linear ms", ".2f"),
+                 ("speedup_vs_listings", "x vs listings", ".1f"), ("speedup_q1", "round q1", ".1f"),
+                 ("speedup_q3", "round q3", ".1f"), ("euclidean_ms", "shared Linear ms", ".2f"),
                  ("geometry_speedup", "x geometry only", ".1f"), ("compile_s", "compile s", "")])
     write_results("hyperbolic_overhead", args.out, {
         "quick": args.quick, "configs": configs, "rounds": rounds, "steps_per_round": steps, "repeats": repeats,

@@ -36,6 +36,9 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     for row in result["branch_rows"]:
         assert row["fwd_bwd_ms"] > 0 and row["speedup_vs_listings"] > 0
         assert row["euclidean_ms"] > 0 and row["geometry_speedup"] > 0
+        assert row["speedup_q1"] <= row["speedup_vs_listings"] <= row["speedup_q3"]
+        if row["variant"] == "listings (geoopt)":  # its own per-round ratio is exactly 1
+            assert row["speedup_vs_listings"] == row["speedup_q1"] == row["speedup_q3"] == 1.0
     _machine_ok(result["machine"])
     out = capsys.readouterr().out
     assert "x baseline" in out and "x vs listings" in out and "x geometry only" in out
