@@ -117,6 +117,14 @@ def branch_off(model: GeoSignTranslator) -> Iterator[None]:
         model.hyperbolic, model.blend = saved
 
 
+def median_quartiles(ratios: list[float]) -> tuple[float, float, float]:
+    """(median, q1, q3) of per-round ratios; a single round gives its ratio thrice."""
+    if len(ratios) == 1:
+        return (ratios[0],) * 3
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q1, q3
+
+
 def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
     """Step time of pooled and token against the baseline. Each mode's model runs with its branch
     on and off (``branch_off``: exactly the baseline network), so the ratio compares the same
@@ -141,9 +149,9 @@ def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
             for on in (True, False) if r % 2 == 0 else (False, True):
                 per_round[on].append(statistics.median(run(on, steps + 1)[1:]))
         ratios = [on / off for on, off in zip(per_round[True], per_round[False])]
-        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        ratio, q1, q3 = median_quartiles(ratios)
         rows.append({"config": name, "mode": mode, "step_ms": 1e3 * statistics.median(per_round[True]),
-                     "baseline_ms": 1e3 * statistics.median(per_round[False]), "ratio": statistics.median(ratios),
+                     "baseline_ms": 1e3 * statistics.median(per_round[False]), "ratio": ratio,
                      "ratio_q1": q1, "ratio_q3": q3, "steps": rounds * steps})
     return rows
 
@@ -223,9 +231,9 @@ def bench_branch(cfg: dict, rounds: int, repeats: int, compile_branch: bool) -> 
         ms = {label: 1e3 * statistics.median(t) for label, t in seconds.items()}
         for label in (LISTINGS, *ours):
             ratios = [listing / t for listing, t in zip(seconds[LISTINGS], seconds[label])]
-            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            ratio, q1, q3 = median_quartiles(ratios)
             rows.append({"precision": precision, "mode": mode, "variant": label, "fwd_bwd_ms": ms[label],
-                         "speedup_vs_listings": statistics.median(ratios), "speedup_q1": q1, "speedup_q3": q3,
+                         "speedup_vs_listings": ratio, "speedup_q1": q1, "speedup_q3": q3,
                          "euclidean_ms": ms[SHARED],
                          "geometry_speedup": (ms[LISTINGS] - ms[SHARED]) / max(ms[label] - ms[SHARED], 1e-3),
                          "compile_s": compile_s if "compile" in label else None})
