@@ -86,18 +86,16 @@ class ProductionEvaluator(nn.Module):
         (B, T', 50, 3, on the reference's frames) if given; a sample seen again under the same name
         replaces the first."""
         batch = len(names)
-        checks = [("generated", generated, generated_mask), ("reference", reference, reference_mask)]
-        if reconstruction is not None:
-            checks.append(("reconstruction", reconstruction, reference_mask))
-            if reconstruction.shape != reference.shape:
-                raise ValueError(f"reconstruction: expected the reference's shape {tuple(reference.shape)}, "
-                                 f"got {tuple(reconstruction.shape)}")
-        for label, poses, mask in checks:
+        for label, poses, mask in (("generated", generated, generated_mask), ("reference", reference, reference_mask)):
             if poses.dim() != 4 or poses.shape[0] != batch or poses.shape[2:] != (PT_NUM_JOINTS, 3):
                 raise ValueError(f"{label}: expected ({batch}, T, {PT_NUM_JOINTS}, 3) poses for "
                                  f"{batch} names, got {tuple(poses.shape)}")
             if mask.shape != poses.shape[:2]:
                 raise ValueError(f"{label}_mask: expected shape {tuple(poses.shape[:2])}, got {tuple(mask.shape)}")
+        # the reference's checks then cover it: it lives on the reference's frames and mask
+        if reconstruction is not None and reconstruction.shape != reference.shape:
+            raise ValueError(f"reconstruction: expected the reference's shape {tuple(reference.shape)}, "
+                             f"got {tuple(reconstruction.shape)}")
         if len(gloss_refs) != batch or len(text_refs) != batch:
             raise ValueError(f"{batch} names but {len(gloss_refs)} gloss and {len(text_refs)} text references")
         if seconds_per_sequence < 0 or steps < 0:
