@@ -96,17 +96,28 @@ class EMACodebook(nn.Module):
             raise ValueError(f"EMACodebook: expected z (B, T, P, D) and mask (B, T), got {tuple(z.shape)} and {tuple(mask.shape)}")
         mask = mask.bool()
         z = z.float()  # the codebook and its EMA statistics stay float32 under mixed precision
-        if self.training and not bool(self.initialized):
+        learn = self.training and self._all_finite(z.detach(), mask)
+        if learn and not bool(self.initialized):
             self._init_from_data(z.detach(), mask)
         codes, z_q = self.quantize(z.detach())
         valid = mask[..., None].to(z.dtype)  # (B, T, 1)
         per_part = ((z - z_q).pow(2).mean(-1) * valid).sum((0, 1)) / valid.sum().clamp(min=1)  # (P,)
-        if self.training:
+        if learn:
             self._ema_update(z.detach(), codes, mask)
         z_st = z + (z_q - z).detach()
         return z_st, codes * mask[..., None], per_part.sum()
 
     # ---- EMA statistics -------------------------------------------------------------------------
+
+    @staticmethod
+    def _all_finite(z: Tensor, mask: Tensor) -> bool:
+        """Whether every valid vector is finite, on every rank. A NaN/inf batch (whose step
+        NonFiniteGuard skips) would stay in the EMA sums for good, so no rank learns from it;
+        the ranks agree so that the all-reduces of the update stay matched."""
+        ok = (z.isfinite().flatten(2).all(-1) | ~mask).all().to(torch.int32)
+        if _distributed():
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok)
 
     def _candidates(self, z: Tensor, mask: Tensor) -> Tensor:
         """(G, K, D) random valid encoder outputs per book (the same on every rank: rank 0's)."""

@@ -296,7 +296,11 @@ class MaskReplaceDiffusion(nn.Module):
         return loss, {"loss_vb": loss_vb.detach(), "loss_aux": loss_aux.detach(), "x0_acc": accuracy.detach()}
 
     def _update_history(self, t: torch.Tensor, per_sample_loss: torch.Tensor) -> None:
-        # EMA (0.9) of L_t² per step, as VQ-Diffusion; duplicate t in a batch: one of them wins
+        # EMA (0.9) of L_t² per step, as VQ-Diffusion; duplicate t in a batch: one of them wins.
+        # A non-finite loss (a step NonFiniteGuard skips) would stay in the EMA for good and
+        # turn p(t) into NaN, so it is left out of both the EMA and the counts.
+        finite = per_sample_loss.isfinite()
+        t, per_sample_loss = t[finite], per_sample_loss[finite]
         prev = self.loss_history[t]
         self.loss_history.scatter_(0, t, 0.1 * per_sample_loss.double() ** 2 + 0.9 * prev)
         self.loss_count.scatter_add_(0, t, torch.ones_like(t))

@@ -61,6 +61,25 @@ def test_padded_frames_change_neither_statistics_nor_commitment():
     assert (codes_b[1, 3:] == 0).all()  # padded codes are 0 by contract
 
 
+def test_non_finite_batch_leaves_statistics_untouched():
+    torch.manual_seed(0)
+    embed = torch.randn(3, 8, 4)
+    cb, fresh = _codebook(embed).train(), EMACodebook(8, 4, num_books=3).train()
+    z = torch.randn(2, 5, 3, 4)
+    z[0, 2, 1, 3] = float("nan")  # e.g. a bf16 overflow in the encoder
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    before = {name: getattr(cb, name).clone() for name in ("embed", "cluster_size", "embed_sum")}
+    _, codes, _ = cb(z, mask)
+    for name, value in before.items():
+        assert torch.equal(getattr(cb, name), value), name
+    assert codes.shape == (2, 5, 3)
+    fresh(z, mask)
+    assert not fresh.initialized  # initialised from the next finite batch instead
+    z[0, 2, 1, 3] = 0.0
+    fresh(z, mask)
+    assert fresh.initialized and fresh.embed.isfinite().all()
+
+
 def test_commitment_and_straight_through_gradient():
     embed = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
     cb = _codebook(embed).eval()  # eval: no EMA update

@@ -268,6 +268,28 @@ def test_importance_sampling_switches_after_warmup():
     assert diff.loss_count.sum() == 11 * 5 + 2  # the step counts are updated in training
 
 
+class Overflowing(Oracle):
+    """The oracle, except one logit of the first sequence is +inf (a bf16 overflow)."""
+
+    def forward(self, x_t, t, token_mask, **cond):
+        logits = super().forward(x_t, t, token_mask)
+        logits[0, 0, 0] = float("inf")
+        return logits
+
+
+def test_non_finite_loss_leaves_importance_sampling_intact():
+    diff = MaskReplaceDiffusion(K, num_timesteps=4).train()
+    diff.loss_count.fill_(11)
+    diff.loss_history.copy_(torch.tensor([0.0, 1.0, 4.0, 9.0, 16.0], dtype=torch.float64))
+    x0 = torch.randint(0, K, (2, 6))
+    loss, _ = diff.loss(Overflowing(x0), x0, torch.ones(2, 6, dtype=torch.bool), {}, t=None)
+    assert not loss.isfinite()  # the step NonFiniteGuard skips
+    assert diff.loss_history.isfinite().all()
+    assert diff.loss_count.sum() == 11 * 5 + 1  # the healthy second sequence still counts
+    t, pt = diff.sample_timesteps(1000, torch.device("cpu"))  # raised on NaN probabilities before
+    assert pt.isfinite().all() and t.min() >= 1 and t.max() <= 4
+
+
 @pytest.mark.parametrize("steps,top_r,scale", [(None, None, None), (3, 0.86, None), (4, None, 2.0)])
 def test_sampler_reproduces_oracle_codes(diff, steps, top_r, scale):
     x0 = torch.randint(0, K, (2, 9))
