@@ -26,7 +26,7 @@ from .hyperbolic_branch import HyperbolicBranch, LossBlend
 from .language_model import SignLanguageModel
 from .media import log_figure, log_table
 from .metrics import translation_scores
-from .optim import JointOptimizer, warmup_cosine
+from .optim import JointOptimizer, optimizer_steps_per_epoch, warmup_cosine
 from .stgcn import PoseEncoder
 
 # ISO 639-1 code of the target text -> the language named in mT5's prompt
@@ -267,8 +267,7 @@ class GeoSignTranslator(LightningModule):
                                                "weight_decay": 0.0}], lr=hp.hyp_lr))
         optimizer = JointOptimizer(optimizers)
         total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup = int(hp.warmup_epochs * total / epochs)
+        warmup = int(hp.warmup_epochs * optimizer_steps_per_epoch(self.trainer))
         euclidean_factor = warmup_cosine(warmup, total, hp.min_lr / hp.lr)
         factors = [euclidean_factor, euclidean_factor] + ([lambda step: 1.0] * 2 if hyp_ids else [])
         scheduler = LambdaLR(optimizer, lr_lambda=factors)

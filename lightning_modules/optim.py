@@ -98,6 +98,17 @@ class JointOptimizer(Optimizer):
         return f"JointOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
+def optimizer_steps_per_epoch(trainer) -> int:
+    """Optimizer steps in one training epoch (Lightning steps on a partial accumulation at the end
+    of an epoch). Counted from the loader, not as total / max_epochs: a run that `max_steps`
+    ends (max_epochs -1, or cut short) would get the wrong epoch length that way."""
+    trainer.fit_loop.setup_data()  # a no-op once the training loader is set up
+    batches = trainer.num_training_batches
+    if batches == float("inf"):
+        raise ValueError("a warm-up given in epochs needs a training loader with a length")
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warm-up to 1, then cosine down to `min_ratio` at `total_steps`."""
 

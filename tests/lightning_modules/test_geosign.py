@@ -94,6 +94,30 @@ def test_alpha_progress_counts_optimizer_steps_under_accumulation(tmp_path):
     assert max(record.alpha) < 0.95
 
 
+class _LearningRates(Callback):
+    def __init__(self) -> None:
+        self.lr: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lr.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("limits", [dict(max_steps=12, max_epochs=-1), dict(max_steps=12, max_epochs=40)])
+def test_warmup_lasts_warmup_epochs_when_max_steps_ends_the_run(tmp_path, limits):
+    model = tiny_model("token", warmup_epochs=2, lr=1e-3, min_lr=1e-5)
+    loader = DataLoader([random_batch(seed=i) for i in range(6)], batch_size=None)  # 3 steps per epoch
+    record = _LearningRates()
+    trainer = Trainer(accumulate_grad_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      num_sanity_val_steps=0, limit_val_batches=0, callbacks=[record], default_root_dir=tmp_path,
+                      **limits)
+    trainer.fit(model, loader)
+    steps = record.lr[::2]  # one LR per optimizer step
+    assert len(steps) == 12
+    # 2 epochs of 3 steps warm up linearly to the peak; then the cosine decays towards max_steps
+    assert steps[:7] == pytest.approx([1e-3 * k / 6 for k in range(1, 7)] + [1e-3])
+    assert steps[6:] == sorted(steps[6:], reverse=True) and steps[-1] < 1e-3
+
+
 def test_inference_runs_no_geometry():
     model = tiny_model("token").eval()
     batch = random_batch()
