@@ -50,7 +50,9 @@ def test_parameter_split_covers_everything_once():
     assert not any(n.startswith(("lm.", "encoder.")) for n in names)
     assert tiny_model(None).hyperbolic_parameters() == []
     # weight decay on the branch's matrices only: never a bias (the grouped part projection's is 2-D)
-    model._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)  # what the schedule reads
+    model._trainer = SimpleNamespace(  # what the schedule reads
+        estimated_stepping_batches=10, num_training_batches=10, accumulate_grad_batches=1,
+        fit_loop=SimpleNamespace(setup_data=lambda: None))
     decayed, plain = model.configure_optimizers()["optimizer"].optimizers[1].param_groups
     by_id = {id(p): n for n, p in model.named_parameters()}
     assert decayed["weight_decay"] > 0 and plain["weight_decay"] == 0.0
