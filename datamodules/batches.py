@@ -203,6 +203,13 @@ class ShardSampler(Sampler):
             yield index, epoch
 
 
+def draw_epoch_seed() -> int:
+    """The one draw from the global torch RNG that every training epoch makes, at its first batch:
+    the same draw DataLoader makes for its workers' base seed, so random streams are those of a
+    plain DataLoader. ``ResumeState`` replays it after resuming from an epoch's end."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
 class _DeferredIterator:
     """Builds the DataLoader's iterator at the first ``next()``, not at ``iter()``."""
 
@@ -229,7 +236,7 @@ class ResumableLoader(DataLoader):
     the training iterator *before* the checkpoint is restored, and it never calls the loader's
     ``load_state_dict`` afterwards. So the iterator is deferred to the first ``next()`` (with
     workers, building it already draws sampler indices), and the workers' base seed is drawn
-    from the global RNG at the same point of every epoch, resumed or not.
+    from the global RNG at the same point of every epoch, resumed or not (``draw_epoch_seed``).
 
     ``state_dict`` records the position in the checkpoint (and marks the loader resumable for
     Lightning); ``load_state_dict`` only checks it against the trainer's restored count.
@@ -244,6 +251,7 @@ class ResumableLoader(DataLoader):
     def __iter__(self):
         def start():
             self.sampler.skip(self.consumed_fn() * self.batch_size)
+            self.generator = torch.Generator().manual_seed(draw_epoch_seed())  # DataLoader draws from it
             return DataLoader.__iter__(self)
 
         return _DeferredIterator(start)

@@ -23,6 +23,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from datamodules.batches import draw_epoch_seed
+
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id"
@@ -63,12 +65,16 @@ class ResumeState(Callback):
     The RNG states are restored right before the first training batch after a resume, not when
     the checkpoint loads: between the two, Lightning builds the training iterator, and a
     DataLoader draws its base seed from the global torch RNG, which the uninterrupted run did
-    at the start of the epoch.
+    at the start of the epoch. A checkpoint written after an epoch's last batch (at validation
+    end, the usual `last.ckpt`) comes before the next epoch's draw, so after restoring such a
+    state the draw is replayed (`draw_epoch_seed`), as the uninterrupted run makes it next.
     """
 
     def __init__(self) -> None:
         self.wandb_id: str | None = None
         self._pending_rng: dict[str, Any] | None = None
+        self._epoch_finished = False  # the last training batch seen ended its epoch
+        self._replay_epoch_draw = False
 
     @property
     def state_key(self) -> str:
@@ -88,16 +94,23 @@ class ResumeState(Callback):
         (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(), "wandb_id": self.wandb_id}
+        return {"rng": rng_state(), "wandb_id": self.wandb_id, "epoch_finished": self._epoch_finished}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_rng = state_dict["rng"]
+        self._replay_epoch_draw = bool(state_dict.get("epoch_finished", False))  # absent before 2026-11-26
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng)
+            if self._replay_epoch_draw:
+                draw_epoch_seed()
             self._pending_rng = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._epoch_finished = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
 # ------------------------------------------------------------------------------ NaN/inf steps

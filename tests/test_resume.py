@@ -71,8 +71,8 @@ def _assert_close(a, b, where: str) -> None:
         assert a == b, where
 
 
-def _crash_and_resume(cwd: Path, config: str) -> tuple[dict, dict, dict]:
-    """Run A uninterrupted; run B SIGKILLed after step KILL_AT's checkpoint, then resumed with
+def _crash_and_resume(cwd: Path, config: str, kill_at: int = KILL_AT) -> tuple[dict, dict, dict]:
+    """Run A uninterrupted; run B SIGKILLed after step kill_at's checkpoint, then resumed with
     `--ckpt_path last`. Checks the losses and returns B's mid checkpoint and both final ones."""
     def fit(run: str, more: list[str], env: dict):
         args = ["fit", "--config", config, "--config", str(cwd / "tiny.yaml"), "--trainer.default_root_dir",
@@ -81,7 +81,7 @@ def _crash_and_resume(cwd: Path, config: str) -> tuple[dict, dict, dict]:
 
     _ok(fit("A", [], {"SIGNLAB_TEST_STEP_LOG": str(cwd / "A.log")}))
     killed = fit("B", [f"--trainer.callbacks+={KILL}"],
-                 {"SIGNLAB_TEST_STEP_LOG": str(cwd / "B.log"), "SIGNLAB_TEST_KILL_AT_STEP": str(KILL_AT)})
+                 {"SIGNLAB_TEST_STEP_LOG": str(cwd / "B.log"), "SIGNLAB_TEST_KILL_AT_STEP": str(kill_at)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last_b = cwd / "runs/B/checkpoints/last.ckpt"
     mid = load_checkpoint_file(last_b)
@@ -90,7 +90,7 @@ def _crash_and_resume(cwd: Path, config: str) -> tuple[dict, dict, dict]:
     losses_a, losses_b = _losses(cwd / "A.log"), _losses(cwd / "B.log")
     assert sorted(losses_a) == list(range(1, TOTAL_STEPS + 1))
     assert sorted(losses_b) == list(range(1, TOTAL_STEPS + 1))  # no step repeated or lost
-    for step in range(KILL_AT + 1, TOTAL_STEPS + 1):
+    for step in range(kill_at + 1, TOTAL_STEPS + 1):
         # 1e-6 relative: a float32 loss near 12 is resolved to ~1e-6 (one ulp) anyway
         assert losses_b[step] == pytest.approx(losses_a[step], rel=1e-6, abs=1e-6), f"loss at step {step}"
     end_a, end_b = load_checkpoint_file(cwd / "runs/A/checkpoints/last.ckpt"), load_checkpoint_file(last_b)
@@ -117,6 +117,15 @@ def test_geosign_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_pat
     geometry = [k for k in end["state_dict"] if any(s in k for s in ("curvature", "tau", "margin", "blend"))]
     assert {"blend.logit", "hyperbolic.contrastive.margin", "hyperbolic.contrastive.tau_logit"} <= set(geometry)
     assert any(not torch.equal(end["state_dict"][k], mid["state_dict"][k]) for k in geometry)  # they train
+
+
+@pytest.mark.slow
+def test_geosign_sigkill_at_an_epoch_boundary_then_resume_matches_uninterrupted_run(tmp_path):
+    # killed at epoch 1's first batch: `last.ckpt` is the one written at epoch 0's validation end,
+    # before the next epoch's RNG draw (dropout masks would differ from step 7 on if not replayed)
+    (tmp_path / "tiny.yaml").write_text(TINY_GEOSIGN)
+    mid, _, _ = _crash_and_resume(tmp_path, GEOSIGN_TOKEN, kill_at=6)
+    assert mid["global_step"] == 6 and mid["callbacks"]["ResumeState"]["epoch_finished"] is True
 
 
 TINY_VQVAE = """
