@@ -118,12 +118,18 @@ def read_unisign_labels(path: PathLike) -> dict[str, dict]:
             raise ValueError(f"{path}: sample {key!r} has a 'gloss' that is neither a string "
                              "nor a list of strings")
         length = entry.get("length")
+        if length is not None:
+            try:
+                length = int(length)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: sample {key!r} has a 'length' that is not a frame count: "
+                                 f"{length!r}") from None
         labels[str(key)] = {
             "name": str(entry.get("name", key)),
             "gloss": gloss,
             "text": text,
             "video_path": entry.get("video_path"),
-            "length": None if length is None else int(length),
+            "length": length,
         }
     return labels
 
@@ -133,21 +139,35 @@ def read_unisign_labels(path: PathLike) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def _person0(array: Any, per_frame_ndim: int, key: str, path: PathLike) -> np.ndarray:
+def _person0(array: Any, per_frame_ndim: int, key: str) -> np.ndarray:
     """Stack per-frame arrays and keep person 0: (T, [P,] *S) -> (T, *S)."""
     if isinstance(array, (list, tuple)):  # per-frame list; person counts may differ by frame
         frames = [np.asarray(f) for f in array]
+        for t, f in enumerate(frames):
+            if f.ndim == per_frame_ndim + 1 and len(f) == 0:
+                raise ValueError(f"'{key}' frame {t} holds no person")
         frames = [f[0] if f.ndim == per_frame_ndim + 1 else f for f in frames]
         if not frames or any(f.ndim != per_frame_ndim for f in frames):
-            raise ValueError(f"{path}: '{key}' frames have inconsistent shapes or are empty")
+            raise ValueError(f"'{key}' frames have inconsistent shapes or are empty")
         array = np.stack(frames)
     array = np.asarray(array)
     if array.ndim == per_frame_ndim + 2:  # (T, P, ...): Uni-Sign uses person 0
+        if array.shape[1] == 0:
+            raise ValueError(f"'{key}' has shape {array.shape}: no person")
         array = array[:, 0]
     if array.ndim != per_frame_ndim + 1:
-        raise ValueError(f"{path}: '{key}' has shape {array.shape}, expected (T, [P,] "
+        raise ValueError(f"'{key}' has shape {array.shape}, expected (T, [P,] "
                          f"{'133, 2' if per_frame_ndim == 2 else '133'})")
     return array
+
+
+def _frame_window(data: dict) -> slice:
+    """The ``[start, end)`` frames the optional integer ``start``/``end`` keys select."""
+    bounds = [data.get(key) for key in ("start", "end")]
+    for key, bound in zip(("start", "end"), bounds):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, np.integer))):
+            raise ValueError(f"'{key}' must be an integer frame index, got {bound!r}")
+    return slice(*bounds)
 
 
 def read_pose_pickle(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -156,27 +176,35 @@ def read_pose_pickle(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     Accepts keypoints shaped (T, 133, 2), (T, 1, 133, 2) or (T, P, 133, 2) (person 0 is used),
     or a per-frame list of those; scores likewise without the last axis. Optional integer
     ``start``/``end`` keys select the frames ``[start, end)``. Raises ValueError naming the file
-    for a wrong structure, an empty sequence or non-finite values.
+    for a wrong structure (numpy's own errors on odd contents included), a frame without a
+    person, an empty sequence or non-finite values.
     """
     data = load_pickle(path)
+    try:
+        return _pose_arrays(data)
+    except (IndexError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def _pose_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, dict) or "keypoints" not in data or "scores" not in data:
-        raise ValueError(f"{path}: expected a dict with 'keypoints' and 'scores'")
-    keypoints = _person0(data["keypoints"], 2, "keypoints", path)
-    scores = _person0(data["scores"], 1, "scores", path)
+        raise ValueError("expected a dict with 'keypoints' and 'scores'")
+    keypoints = _person0(data["keypoints"], 2, "keypoints")
+    scores = _person0(data["scores"], 1, "scores")
     if keypoints.shape[1:] != (NUM_COCO_KEYPOINTS, 2) or scores.shape[1:] != (NUM_COCO_KEYPOINTS,):
-        raise ValueError(f"{path}: keypoints {keypoints.shape} / scores {scores.shape} are not "
+        raise ValueError(f"keypoints {keypoints.shape} / scores {scores.shape} are not "
                          f"(T, {NUM_COCO_KEYPOINTS}, 2) / (T, {NUM_COCO_KEYPOINTS})")
     if len(keypoints) != len(scores):
-        raise ValueError(f"{path}: {len(keypoints)} keypoint frames but {len(scores)} score frames")
+        raise ValueError(f"{len(keypoints)} keypoint frames but {len(scores)} score frames")
     if "start" in data or "end" in data:
-        window = slice(data.get("start"), data.get("end"))
+        window = _frame_window(data)
         keypoints, scores = keypoints[window], scores[window]
     if len(keypoints) == 0:
-        raise ValueError(f"{path}: empty pose sequence (0 frames)")
+        raise ValueError("empty pose sequence (0 frames)")
     keypoints = keypoints.astype(np.float32)
     scores = scores.astype(np.float32)
     if not (np.isfinite(keypoints).all() and np.isfinite(scores).all()):
-        raise ValueError(f"{path}: NaN or infinite keypoint coordinates or scores")
+        raise ValueError("NaN or infinite keypoint coordinates or scores")
     return keypoints, scores
 
 

@@ -16,11 +16,14 @@ Layout under ``cache_dir`` (the DataModule uses ``<label_dir>/packed``), per spl
 ``fingerprint`` hashes the node list, the normalisation constants, the label file and every pose
 file it refers to (size, mtime), so a touched, replaced or deleted source (or a changed part
 layout) makes the cache stale and ``ensure_packed`` rebuilds it.
-A pose file that cannot be read while packing is not an error here: its reason and message
-are stored and ``PackedPoses.read`` raises the same exception type with the same message
-when the sample is loaded, so ``on_bad_sample`` behaves exactly as on the pickle path.
-All files are written to temporaries and renamed into place, the index last (it is the
-commit marker: a reader never pairs a fresh index with half-written arrays).
+A pose file that is missing or whose content is bad is not an error here: its reason and
+message are stored and ``PackedPoses.read`` raises the same exception type with the same message
+when the sample is loaded, so ``on_bad_sample`` behaves exactly as on the pickle path. Any other
+read error (permissions, I/O) may pass, and fixing it leaves the file's size and mtime as they
+were, so it aborts the build instead of being stored: nothing is committed and the DataModule
+reads pickles. All files are written to temporaries and renamed into place, the index last (it
+is the commit marker: a reader never pairs a fresh index with half-written arrays); temporaries
+of builds that were killed are removed by the next build.
 """
 from __future__ import annotations
 
@@ -46,6 +49,11 @@ FORMAT_VERSION = 3  # 1 stored all 133 COCO keypoints, 2 the raw part nodes
 ARRAYS = {"nodes": (len(PART_NODES_COCO), 3), "extremes": (len(BODY_EXTREMES),)}
 # Exception types a pose file can fail with, by the reason name the translation dataset uses.
 ERROR_TYPES = {"missing": FileNotFoundError, "unsafe": UnsafePickleError, "invalid": ValueError}
+
+
+class PackedCacheError(RuntimeError):
+    """The cache's files disagree with the index a run opened. Not a bad sample: it concerns
+    every sample, so ``on_bad_sample="skip"`` must not swallow it."""
 
 
 def _stat(path: Path) -> list:
@@ -95,6 +103,7 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
     """
     array_paths, index_path = paths(cache_dir, split)
     index_path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(index_path.parent, split)
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = {key: path.with_name(path.name + tag) for key, path in array_paths.items()}
     tmp_index = index_path.with_name(index_path.name + tag)
@@ -108,7 +117,7 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
             for name, pose_path in samples:
                 try:
                     keypoints, scores = read_pose_pickle(pose_path)  # (T, 133, 2), (T, 133)
-                except (OSError, ValueError, pickle.UnpicklingError) as err:
+                except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
                     index["errors"][name] = [error_reason(err), str(err)]
                     continue
                 clip = part_nodes(keypoints, scores)  # (T, 69, 3) float32
@@ -132,6 +141,25 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
         for path in (*tmp.values(), tmp_index):
             path.unlink(missing_ok=True)
     return index
+
+
+def _remove_dead_temporaries(cache_dir: Path, split: str) -> None:
+    """Delete ``<split>*.tmp-<pid>-*`` files whose build process is gone (killed mid-build: the
+    ``finally`` below never ran), so they do not pile up at the size of the dataset."""
+    for path in cache_dir.glob(f"{split}.*.tmp-*-*"):
+        pid = path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def read_index(cache_dir: Path, split: str) -> dict | None:
@@ -197,8 +225,10 @@ class PackedPoses:
                 array = np.load(path, mmap_mode="c")
                 expected = (self.frames, *ARRAYS[key])
                 if array.shape != expected or array.dtype != np.float32:
-                    raise ValueError(f"{path}: shape {array.shape} {array.dtype} does not match its index "
-                                     f"{expected} float32; delete the packed folder to rebuild it")
+                    raise PackedCacheError(
+                        f"{path}: shape {array.shape} {array.dtype} does not match the index this run read "
+                        f"{expected} float32: the cache was rebuilt (another job's prepare_data) or damaged "
+                        "since; restart the run (delete the packed folder if it is damaged)")
                 arrays[key] = array.view(np.ndarray)  # plain views: np.memmap's __getitem__ costs more than a slice
             self._arrays = arrays
         return self._arrays

@@ -218,7 +218,7 @@ class SignTranslationDataModule(SplitDataModule):
                 if ensure_packed(self.cache_dir, split, label_path, self._pose_paths(read_unisign_labels(label_path))):
                     log.info("packed %s poses into %s", split, self.cache_dir)
             except OSError as err:  # e.g. a read-only dataset folder: training still works from pickles
-                log.warning("cannot write the packed pose cache in %s (%s); reading pose pickles "
+                log.warning("cannot build the packed pose cache in %s (%s); reading pose pickles "
                             "(set packed: false to silence this)", self.cache_dir, err)
                 return
 

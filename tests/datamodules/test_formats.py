@@ -168,6 +168,13 @@ def test_read_pose_pickle_ragged_person_list_and_window(tmp_path):
     ({"keypoints": np.zeros((2, 1, 17, 2)), "scores": np.ones((2, 1, 17))}, "not"),
     ({"keypoints": np.zeros((2, 133, 2))}, "'keypoints' and 'scores'"),
     ({"keypoints": np.zeros((2, 133, 2)), "scores": np.ones((3, 133))}, "2 keypoint frames but 3"),
+    # what numpy itself would have raised as IndexError / TypeError / an unnamed ValueError
+    ({"keypoints": [np.zeros((1, 133, 2)), np.zeros((0, 133, 2))], "scores": [np.ones((1, 133))] * 2},
+     "'keypoints' frame 1 holds no person"),
+    ({"keypoints": np.zeros((2, 0, 133, 2)), "scores": np.ones((2, 0, 133))}, "no person"),
+    ({"keypoints": np.zeros((4, 133, 2)), "scores": np.ones((4, 133)), "start": 1.0}, "'start' must be an integer"),
+    ({"keypoints": np.full((2, 133, 2), "x"), "scores": np.ones((2, 133))}, "could not convert"),
+    ({"keypoints": [np.zeros((133, 2)), np.zeros((133, 3))], "scores": [np.ones(133)] * 2}, "shape"),
 ])
 def test_read_pose_pickle_bad_content_names_file(tmp_path, obj, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -206,6 +213,12 @@ def test_read_labels_gfslt_phoenix_schema(tmp_path):
     entry = read_unisign_labels(path)["dev/a"]
     assert entry["gloss"] == ["DRUCK", "TIEF", "KOMMEN"]
     assert entry["length"] == 42 and entry["video_path"] is None
+
+
+def test_read_labels_bad_length_names_file_and_sample(tmp_path):
+    path = _gz(tmp_path / "labels.dev", {"dev/a": {"name": "dev/a", "text": "t", "length": "n/a"}})
+    with pytest.raises(ValueError, match=r"labels\.dev: sample 'dev/a' has a 'length' that is not a frame count"):
+        read_unisign_labels(path)
 
 
 def test_read_labels_entry_without_text_names_file_and_sample(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from datamodules.batches import BadSampleError
 from datamodules.formats import read_pose_pickle
 from datamodules.keypoints import PART_NAMES, PART_SLICES, body_extremes, normalise_clips, part_nodes
-from datamodules.packed import PackedPoses, build_packed, ensure_packed, paths
+from datamodules.packed import PackedCacheError, PackedPoses, build_packed, ensure_packed, paths
 from tests.datamodules.test_translation import _dm, _write_csl, make_pose
 
 
@@ -180,10 +180,45 @@ def test_array_that_disagrees_with_its_index_names_the_file(csl, key):
     _dm(csl).prepare_data()
     array_path = paths(label_dir / "packed", "test")[0][key]
     np.save(array_path, np.zeros((2, 133, 3), np.float32))
-    dm = _dm(csl, packed=True)
+    dm = _dm(csl, packed=True, on_bad_sample="skip")
     dm.setup("test")
-    with pytest.raises(ValueError, match=re.escape(str(array_path))):
+    with pytest.raises(PackedCacheError, match=re.escape(str(array_path))):
         dm.datasets["test"].poses.arrays()
+    with pytest.raises(PackedCacheError, match="rebuilt"):  # every sample is affected: never a skip
+        next(iter(dm.test_dataloader()[1]))  # (dev, test)
+
+
+def test_a_read_error_that_may_pass_aborts_the_build_and_is_not_stored(csl, monkeypatch, caplog):
+    import datamodules.packed as packed
+
+    def denied(path):
+        raise PermissionError(f"{path}: Permission denied")
+
+    monkeypatch.setattr(packed, "read_pose_pickle", denied)
+    dm = _dm(csl)
+    dm.prepare_data()  # logs and carries on: the run reads pickles
+    assert "cannot build the packed pose cache" in caplog.text and "Permission denied" in caplog.text
+    assert list((csl[0] / "packed").iterdir()) == []  # no index, no temporaries
+    monkeypatch.undo()
+    dm.prepare_data()  # the cause fixed, the next build stores no stale error
+    dm.setup("test")
+    assert dm.datasets["test"].poses is not None and dm.datasets["test"].poses.errors == {}
+
+
+def test_a_killed_build_leaves_no_temporaries_behind_the_next_one(csl):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid no process has any more
+    cache = csl[0] / "packed"
+    cache.mkdir()
+    dead = [cache / f"dev.npy.tmp-{gone}-0a1b2c3d", cache / f"dev.index.json.tmp-{gone}-0a1b2c3d"]
+    live = cache / f"dev.npy.tmp-{os.getpid()}-4e5f6a7b"  # a build still running (this process)
+    for path in (*dead, live):
+        path.write_bytes(b"partial")
+    _dm(csl).prepare_data()
+    assert not any(path.exists() for path in dead) and live.exists()
 
 
 def test_synthsign_prepare_data_packs_beside_the_corpus(tmp_path):
