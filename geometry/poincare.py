@@ -104,7 +104,9 @@ def _artanhc(u: Tensor) -> Tensor:
 def _project(x: Tensor, c: Tensor) -> Tensor:
     max_norm = (1 - BALL_EPS) / c.sqrt()
     norm = _safe_sqrt(_sqnorm(x))
-    return x * (max_norm / norm.clamp_min(torch.finfo(x.dtype).tiny)).clamp_max(1.0)
+    # max_norm / max(‖x‖, max_norm): 1 inside the radius; written so, not as min(max_norm/‖x‖, 1),
+    # because the quotient's backward is inf · 0 = NaN for norms near 1e-20
+    return x * (max_norm / norm.clamp_min(max_norm))
 
 
 def _expmap0(v: Tensor, c: Tensor) -> Tensor:
@@ -168,7 +170,7 @@ def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
     tangent_norm = clip * norm
     exp = _tanhc(sqrt_c * tangent_norm)  # exp_0 factor; the point's norm is exp · tangent_norm
     max_norm = (1 - BALL_EPS) / sqrt_c
-    fit = (max_norm / (exp * tangent_norm).clamp_min(torch.finfo(v.dtype).tiny)).clamp_max(1.0)
+    fit = max_norm / (exp * tangent_norm).clamp_min(max_norm)  # projection, as in _project
     return v * (clip * exp * fit)
 
 
@@ -223,13 +225,13 @@ def mobius_affine(M: Tensor, x: Tensor, b: Tensor, c: Tensor) -> Tensor:
     # M ⊗ x = s·y: log_0 factor artanhc(√c‖x‖), exp_0 factor tanhc(√c‖m‖), then projection
     log_factor = _artanhc(sqrt_c * _safe_sqrt(_sqnorm(x)))  # (..., 1)
     s = log_factor * _tanhc(sqrt_c * log_factor * y_norm)
-    s = s * (max_norm / (s * y_norm).clamp_min(tiny)).clamp_max(1.0)  # (..., 1)
+    s = s * (max_norm / (s * y_norm).clamp_min(max_norm))  # (..., 1), projection as in _project
     p2, pb = s * s * y2, s * yb
     # p ⊕ b = (α p + β b) / den, Möbius addition with p = s·y
     den = (1 + 2 * c * pb + c * c * p2 * b2).clamp_min(tiny)
     alpha, beta = s * (1 + 2 * c * pb + c * b2) / den, _gap(p2, c) / den
     r2 = (alpha * alpha * y2 + 2 * alpha * beta * yb + beta * beta * b2).clamp_min(0)
-    shrink = (max_norm / _safe_sqrt(r2).clamp_min(tiny)).clamp_max(1.0)
+    shrink = max_norm / _safe_sqrt(r2).clamp_min(max_norm)
     return (shrink * alpha) * y + (shrink * beta) * b
 
 

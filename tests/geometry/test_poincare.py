@@ -206,6 +206,18 @@ def test_gradient_at_origin_is_identity():
     torch.testing.assert_close(jac, torch.eye(4))
 
 
+@pytest.mark.parametrize("norm", [1e-21, 1e-20, 1e-12])
+def test_gradients_finite_for_tiny_nonzero_vectors(norm):
+    # float32 norms of 1e-22..1e-19 once made the projection's quotient backward inf · 0 = NaN
+    c = torch.tensor(1.5, requires_grad=True)
+    x = torch.full((2, 8), norm / 8 ** 0.5, requires_grad=True)
+    for fn, args in [(project, (x, c)), (expmap0, (x, c)), (clipped_expmap0, (x, c, torch.ones(1))),
+                     (mobius_affine, (torch.eye(8), x, torch.zeros(8), c))]:
+        x.grad = c.grad = None
+        fn(*args).sum().backward()
+        assert x.grad.isfinite().all() and c.grad.isfinite(), fn.__name__
+
+
 def test_precision_contract_under_bf16_autocast():
     c = torch.tensor(1.5)
     x = (torch.randn(16, 8) * 3).bfloat16().requires_grad_()
