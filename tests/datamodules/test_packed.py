@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -206,9 +208,6 @@ def test_a_read_error_that_may_pass_aborts_the_build_and_is_not_stored(csl, monk
 
 
 def test_a_killed_build_leaves_no_temporaries_behind_the_next_one(csl):
-    import subprocess
-    import sys
-
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()  # a pid no process has any more
     cache = csl[0] / "packed"
