@@ -101,12 +101,18 @@ def _artanhc(u: Tensor) -> Tensor:
 # Un-wrapped kernels: inputs already in the compute dtype; used by every public function below
 # ----------------------------------------------------------------------------------------------
 
+def _fit(norm: Tensor, max_norm: Tensor) -> Tensor:
+    """min(max_norm / norm, 1), the factor that pulls a point of this norm back inside the radius.
+    The quotient runs on max(norm, max_norm) and `where` picks it only outside: min(q, 1) alone
+    has the backward inf · 0 = NaN at norms near 1e-20, and max_norm / max(norm, max_norm) alone
+    gives max_norm (hence c) a rounding-noise gradient inside."""
+    return torch.where(norm >= max_norm, max_norm / norm.clamp_min(max_norm), 1.0)
+
+
 def _project(x: Tensor, c: Tensor) -> Tensor:
     max_norm = (1 - BALL_EPS) / c.sqrt()
     norm = _safe_sqrt(_sqnorm(x))
-    # max_norm / max(‖x‖, max_norm): 1 inside the radius; written so, not as min(max_norm/‖x‖, 1),
-    # because the quotient's backward is inf · 0 = NaN for norms near 1e-20
-    return x * (max_norm / norm.clamp_min(max_norm))
+    return x * _fit(norm, max_norm)
 
 
 def _expmap0(v: Tensor, c: Tensor) -> Tensor:
@@ -170,7 +176,7 @@ def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
     tangent_norm = clip * norm
     exp = _tanhc(sqrt_c * tangent_norm)  # exp_0 factor; the point's norm is exp · tangent_norm
     max_norm = (1 - BALL_EPS) / sqrt_c
-    fit = max_norm / (exp * tangent_norm).clamp_min(max_norm)  # projection, as in _project
+    fit = _fit(exp * tangent_norm, max_norm)  # projection
     return v * (clip * exp * fit)
 
 
@@ -225,13 +231,13 @@ def mobius_affine(M: Tensor, x: Tensor, b: Tensor, c: Tensor) -> Tensor:
     # M ⊗ x = s·y: log_0 factor artanhc(√c‖x‖), exp_0 factor tanhc(√c‖m‖), then projection
     log_factor = _artanhc(sqrt_c * _safe_sqrt(_sqnorm(x)))  # (..., 1)
     s = log_factor * _tanhc(sqrt_c * log_factor * y_norm)
-    s = s * (max_norm / (s * y_norm).clamp_min(max_norm))  # (..., 1), projection as in _project
+    s = s * _fit(s * y_norm, max_norm)  # (..., 1), projection
     p2, pb = s * s * y2, s * yb
     # p ⊕ b = (α p + β b) / den, Möbius addition with p = s·y
     den = (1 + 2 * c * pb + c * c * p2 * b2).clamp_min(tiny)
     alpha, beta = s * (1 + 2 * c * pb + c * b2) / den, _gap(p2, c) / den
     r2 = (alpha * alpha * y2 + 2 * alpha * beta * yb + beta * beta * b2).clamp_min(0)
-    shrink = max_norm / _safe_sqrt(r2).clamp_min(max_norm)
+    shrink = _fit(_safe_sqrt(r2), max_norm)
     return (shrink * alpha) * y + (shrink * beta) * b
 
 

@@ -218,6 +218,15 @@ def test_gradients_finite_for_tiny_nonzero_vectors(norm):
         assert x.grad.isfinite().all() and c.grad.isfinite(), fn.__name__
 
 
+def test_points_inside_the_radius_give_the_curvature_no_gradient():
+    # the projection is the identity inside; max_norm / max(norm, max_norm) once gave c rounding noise
+    torch.manual_seed(0)
+    for _ in range(50):
+        c = (torch.rand(()) * 3 + 0.1).requires_grad_()
+        project(torch.rand(16, 8) * 0.05, c).sum().backward()
+        assert c.grad == 0
+
+
 def test_precision_contract_under_bf16_autocast():
     c = torch.tensor(1.5)
     x = (torch.randn(16, 8) * 3).bfloat16().requires_grad_()
