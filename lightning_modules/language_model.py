@@ -2,10 +2,11 @@
 
 The embedded prompt "Translate sign language video to {language}: " goes before the pose
 embeddings in the encoder input; the decoder is trained with label-smoothed cross-entropy and
-decodes with beam search. mT5 is loaded offline (a local directory or the local Hugging Face
-cache) and is never re-initialised afterwards -- the released Geo-Sign code does re-initialise
-it and so silently trains from random weights -- or is built with random weights from a config
-dict (demos and tests).
+decodes with beam search. mT5 is loaded from a local directory or a Hugging Face Hub id (the
+standard cache, downloading when online; only the cache with ``HF_HUB_OFFLINE=1``) and is never
+re-initialised afterwards -- the released Geo-Sign code does re-initialise it and so silently
+trains from random weights -- or is built with random weights from a config dict (demos and
+tests). Either way it trains with its dropout on and generates with it off.
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.utils import validate_repo_id
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
+from transformers.utils import is_offline_mode
 
 PROMPT = "Translate sign language video to {language}: "
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -24,24 +28,59 @@ IGNORE_INDEX = -100  # target positions excluded from the loss (cross_entropy's 
 
 
 def build_mt5(pretrained: str | None = None, config: dict | None = None) -> MT5ForConditionalGeneration:
-    """mT5 from local weights (``pretrained``: a directory or a cached hub id) or random weights
-    from ``MT5Config(**config)``. Exactly one of the two must be given; nothing is downloaded."""
+    """mT5 with pretrained weights, or random weights from ``MT5Config(**config)``; exactly one.
+
+    ``pretrained`` is a local directory (config.json and weights, as ``save_pretrained`` writes
+    them) or a Hugging Face Hub id such as ``google/mt5-base``, loaded the way any transformers
+    program loads it: from the standard Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``),
+    downloading what is missing into it when online. With ``HF_HUB_OFFLINE=1`` only the cache is
+    read, and a model missing from it raises FileNotFoundError saying what to download.
+
+    The model comes back in train mode, like any freshly built module. ``from_pretrained`` returns
+    it in eval mode, and Lightning keeps each submodule's mode when training starts, so a
+    fine-tuning run would otherwise train with every dropout of mT5 switched off.
+    """
     if (pretrained is None) == (config is None):
-        raise ValueError("build_mt5 needs exactly one of pretrained (local weights) or config (random weights)")
+        raise ValueError("build_mt5 needs exactly one of pretrained (weights) or config (random weights)")
     if config is not None:
         return MT5ForConditionalGeneration(MT5Config(**config))
     path = Path(pretrained).expanduser()
-    if path.exists() and not (path.is_dir() and (path / "config.json").is_file()
-                              and any((path / name).is_file() for name in WEIGHT_FILES)):
-        raise FileNotFoundError(
-            f"mT5 weights {str(path)!r}: expected a directory holding config.json and one of {WEIGHT_FILES}")
+    if path.exists():
+        if not (path.is_dir() and (path / "config.json").is_file()
+                and any((path / name).is_file() for name in WEIGHT_FILES)):
+            raise FileNotFoundError(
+                f"mT5 weights {str(path)!r}: expected a directory holding config.json and one of {WEIGHT_FILES}")
+        return MT5ForConditionalGeneration.from_pretrained(str(path)).train()
+    if not is_hub_id(pretrained):
+        raise FileNotFoundError(f"mT5 weights {pretrained!r}: no such directory (nor a Hugging Face Hub id "
+                                "such as google/mt5-base)")
     try:
-        return MT5ForConditionalGeneration.from_pretrained(str(path) if path.exists() else pretrained,
-                                                           local_files_only=True)
+        # No local_files_only: transformers reads HF_HUB_OFFLINE itself and then stays in the cache.
+        return MT5ForConditionalGeneration.from_pretrained(pretrained).train()
     except OSError as err:
-        raise FileNotFoundError(
-            f"mT5 weights {pretrained!r} are neither a local directory with weights nor in the local "
-            f"Hugging Face cache (signlab never downloads at run time)") from err
+        raise FileNotFoundError(f"mT5 weights {pretrained!r}: {hub_load_failure(pretrained, err)}") from err
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` (not an existing path) reads as a Hub model id, ``name`` or ``owner/name``,
+    rather than as a path: ``/abs``, ``./rel``, ``~/x`` or ``a/b/c`` are paths."""
+    if spec.startswith((".", "~", "/")):
+        return False
+    try:
+        validate_repo_id(spec)
+    except ValueError:  # HFValidationError
+        return False
+    return True
+
+
+def hub_load_failure(repo_id: str, err: Exception) -> str:
+    """Why a Hub id did not load, and what to do: offline, the download command; online, HF's reason."""
+    if is_offline_mode():
+        return (f"not a local directory, and not in the Hugging Face cache {hf_constants.HF_HUB_CACHE} while "
+                f"HF_HUB_OFFLINE=1 forbids downloading it. Download it where there is network "
+                f"(`huggingface-cli download {repo_id} --exclude '*.h5' '*.msgpack'`, into the same cache: "
+                f"HF_HOME / HF_HUB_CACHE) or unset HF_HUB_OFFLINE to let transformers fetch it")
+    return f"not a local directory, and loading it from the Hugging Face Hub failed: {err}"
 
 
 @dataclass
@@ -137,8 +176,19 @@ class SignLanguageModel(nn.Module):
                  num_beams: int = 4,  # --num_beams, Geo-Sign / Uni-Sign generation
                  max_new_tokens: int = 100,  # max_tgt_len, Table 3
                  ) -> list[str]:
-        """Beam-search translations (Uni-Sign: 4 beams, at most 100 new tokens), special tokens removed."""
+        """Beam-search translations (Uni-Sign: 4 beams, at most 100 new tokens), special tokens removed.
+
+        mT5 runs in eval mode (no dropout) whatever mode the caller is in -- Lightning's evaluation
+        loops switch it already, but a sample decoded from a training step would otherwise be
+        decoded with dropout -- and every module gets its own mode back afterwards.
+        """
         embeds, mask = self.encoder_inputs(pose_embeds, frame_mask)
-        ids = self.model.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
-                                  max_new_tokens=max_new_tokens)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            ids = self.model.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
+                                      max_new_tokens=max_new_tokens)
+        finally:
+            for module, training in modes:
+                module.training = training
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
