@@ -1,4 +1,5 @@
-"""ST-GCN pose encoder of Uni-Sign / Geo-Sign (Geo-Sign supplement, Listings 1-3).
+"""ST-GCN pose encoder of Uni-Sign / Geo-Sign (Geo-Sign supplement, Listings 1-3; the released
+Uni-Sign code, models.py and stgcn_layers/, where the papers are silent).
 
 One spatio-temporal graph-convolution stream per body part (body 9, left hand 21, right hand 21,
 face 18 nodes). Each stream: Linear(3 -> 64) per node, a spatial chain 64 -> 64 -> 128 -> 256
@@ -6,6 +7,13 @@ face 18 nodes). Each stream: Linear(3 -> 64) per node, a spatial chain 64 -> 64 
 wrist, right wrist, nose), then a temporal chain of three 256-channel blocks (temporal kernel 5),
 and a mean over nodes. The four (B, T, 256) streams are concatenated, a learned part embedding is
 added and a Linear maps them to the language model's width.
+
+With the defaults this is the released network tensor for tensor (`lightning_modules.init_weights`
+maps its checkpoints): distance partitioning, the release's ReLUs and its conv biases. One
+deliberate difference: padded frames are zeroed before every temporal convolution, so a clip's
+output does not depend on what it is batched with. The release pads a batch by repeating each
+clip's last frame and convolves over those copies, so its real frames near a clip's end change
+with the batch's longest clip; on unpadded input the two compute the same.
 
 Layout inside the streams is (B, C, T, V), the convention of ST-GCN.
 """
@@ -67,7 +75,7 @@ class Graph:
     """
 
     def __init__(self, num_nodes: int, edges: Sequence[tuple[int, int]], center: int,
-                 strategy: str = "spatial", max_hop: int = 1) -> None:
+                 strategy: str = "distance", max_hop: int = 1) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown partition strategy {strategy!r}; expected one of {STRATEGIES}")
         if not 0 <= center < num_nodes:
@@ -79,7 +87,7 @@ class Graph:
         self.A = self._adjacency().float()  # (K, V, V)
 
     @classmethod
-    def for_part(cls, part: str, strategy: str = "spatial", max_hop: int = 1) -> "Graph":
+    def for_part(cls, part: str, strategy: str = "distance", max_hop: int = 1) -> "Graph":
         """The graph of one Uni-Sign part; centers are the wrist (hands), nose tip (face), nose (body)."""
         if part not in PART_NODES:
             raise ValueError(f"unknown part {part!r}; expected one of {PART_NAMES}")
@@ -122,8 +130,12 @@ class GraphConv(nn.Module):
 
 
 class STGCNBlock(nn.Module):
-    """Graph conv -> BN, then (if ``temporal_kernel > 1``) ReLU -> masked temporal conv -> BN ->
-    dropout; plus a residual (identity or 1x1 conv + BN); then ReLU."""
+    """Uni-Sign's ST-GCN block: graph conv -> BN -> ReLU, then (if ``temporal_kernel > 1``) a
+    masked temporal conv -> BN -> dropout; plus a residual (identity or 1x1 conv + BN); then ReLU.
+
+    Without a temporal conv this is ``relu(relu(bn(gcn(x))) + residual(x))``, as in the released
+    code, where the graph unit ends in its own ReLU.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, A: Tensor,
                  temporal_kernel: int = 1, dropout: float = 0.0) -> None:
@@ -132,27 +144,34 @@ class STGCNBlock(nn.Module):
             raise ValueError(f"temporal_kernel must be odd and positive (same-length padding), got {temporal_kernel}")
         self.gcn = GraphConv(in_channels, out_channels, A)
         self.bn = nn.BatchNorm2d(out_channels)
-        # The temporal and residual convs feed a BatchNorm, which subtracts any bias again: a bias
-        # there only gets a rounding-noise gradient, which Adam normalises into lr-sized random
-        # steps (and breaks bit-exact resume). So they have none; the BatchNorm shift is the bias.
         self.tcn = None
         if temporal_kernel > 1:
             self.tcn = nn.Sequential(
-                nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), padding=(temporal_kernel // 2, 0),
-                          bias=False),
+                nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), padding=(temporal_kernel // 2, 0)),
                 nn.BatchNorm2d(out_channels),
                 nn.Dropout(dropout),
             )
         self.residual = nn.Identity() if in_channels == out_channels else nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels))
+            nn.Conv2d(in_channels, out_channels, kernel_size=1), nn.BatchNorm2d(out_channels))
+        for conv in self.bn_fed_convs():
+            # The release's biases, kept so its state dicts load tensor for tensor, but frozen (and
+            # zero unless loaded): in front of a BatchNorm their gradient is exactly zero, and
+            # training them would only turn rounding noise into lr-sized Adam steps (and break
+            # bit-exact resume). The BatchNorm shift is the trained bias.
+            nn.init.zeros_(conv.bias)
+            conv.bias.requires_grad_(False)
+
+    def bn_fed_convs(self) -> list[nn.Conv2d]:
+        """The temporal and residual convolutions, each followed by a BatchNorm."""
+        return [seq[0] for seq in (self.tcn, self.residual) if isinstance(seq, nn.Sequential)]
 
     def forward(self, x: Tensor, frame_mask: Tensor) -> Tensor:
         """x (B, C_in, T, V), frame_mask (B, T) bool -> (B, C_out, T, V)."""
-        y = self.bn(self.gcn(x))
+        y = torch.relu(self.bn(self.gcn(x)))
         if self.tcn is not None:
             # Zero padded frames so the temporal conv sees exactly the zero padding it would see
             # at the end of an unpadded sequence: real frames never depend on padded ones.
-            y = self.tcn(torch.relu(y) * frame_mask[:, None, :, None])
+            y = self.tcn(y * frame_mask[:, None, :, None])
         return torch.relu(y + self.residual(x))
 
 
@@ -191,12 +210,16 @@ class PoseEncoder(nn.Module):
 
     ``forward`` also returns the per-part (B, T, hidden[-1]) streams (zero at padded frames) for
     the hyperbolic branch. With ``share_hands`` (Uni-Sign) both hands use one stream, unmirrored.
-    Padded frames never reach real frames through the temporal convolutions; in training mode they
-    still enter the BatchNorm batch statistics, as in Uni-Sign.
+    Padded frames never reach real frames through the temporal convolutions (the release's do,
+    see the module docstring); in training mode they still enter the BatchNorm batch statistics,
+    as in Uni-Sign.
     """
 
     def __init__(self, out_dim: int,  # mT5 width (hidden_dim 768 for mT5-base), Table 3
-                 strategy: str = "spatial",  # spatial configuration partitioning, supplement C.1
+                 # The released weights' partitioning (Uni-Sign models.py: Graph(strategy='distance')):
+                 # 2 kernels. Supplement C.1's prose names spatial configuration (3 kernels), but
+                 # its graph listing implements only uniform and distance.
+                 strategy: str = "distance",
                  share_hands: bool = True,
                  hidden: Sequence[int] = (64, 64, 128, 256),  # Linear(3->64), then the spatial chain
                  temporal_blocks: int = 3,  # temporal chain of three blocks, Listing 2

@@ -18,6 +18,7 @@ PAPER_GEOSIGN = [p for p in EXPERIMENTS if p.parent.name != "demo" and p.stem in
 # google/mt5-base's architecture (config.json on the hub), used with random weights.
 MT5_BASE = dict(vocab_size=250112, d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12,
                 num_heads=12, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+RELEASED_UNISIGN_POSE = 587_747_368  # Uni-Sign pose-only, built from the release (../shared/data/released)
 
 
 def _id(path: Path) -> str:
@@ -61,4 +62,9 @@ def test_paper_geosign_config_builds(path):
         model = GeoSignTranslator(**args)
     assert model.lm.d_model == 768
     hyp = sum(p.numel() for p in model.hyperbolic_parameters())
-    assert (hyp == 0) == (args["hyperbolic"] is None)
+    # Everything but the branch is the released Uni-Sign pose model (587,747,368 parameters, the
+    # paper's 587.75M). The branch: four part projections 256 -> 256 and a text projection
+    # 768 -> 256 with their log-scales, curvature, τ, margin and the α logit (pooled); the token
+    # method adds M_key, b_key and τ_attn (the release: the same less τ_attn, 525,833).
+    assert sum(p.numel() for p in model.parameters()) - hyp == RELEASED_UNISIGN_POSE
+    assert hyp == {None: 0, "pooled": 460_041, "token": 525_834}[args["hyperbolic"]]

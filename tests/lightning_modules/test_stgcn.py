@@ -105,15 +105,20 @@ def test_encoder_shapes_and_adjacency_is_learnable():
     assert adjacency and all(p.requires_grad for p in adjacency)
 
 
-def test_every_parameter_gets_a_real_gradient():
-    """No parameter whose gradient is pure rounding noise: a bias right before a BatchNorm is
-    subtracted again by it, and Adam would turn its ~1e-9 gradient into lr-sized random steps."""
+def test_every_trained_parameter_gets_a_real_gradient():
+    """No trained parameter whose gradient is pure rounding noise: a bias right before a BatchNorm
+    is subtracted again by it, and Adam would turn its ~1e-9 gradient into lr-sized random steps.
+    Those biases (the release's) exist but are frozen."""
     enc = tiny_encoder()
     enc(random_parts(), torch.ones(2, 6, dtype=torch.bool))[0].pow(2).sum().backward()
+    frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n in dict(enc.named_parameters())
+                      if n.endswith(("tcn.0.bias", "residual.0.bias"))} and frozen
     for name, p in enc.named_parameters():
-        if "context" in name:
-            continue  # the body context is detached by design (test_body_context_is_used_but_detached)
-        assert p.grad is not None and p.grad.abs().max() > 1e-4 * p.grad.numel() ** -0.5, name
+        if name in frozen:
+            assert p.grad is None and torch.all(p == 0), name
+        else:
+            assert p.grad is not None and p.grad.abs().max() > 1e-4 * p.grad.numel() ** -0.5, name
 
 
 def test_default_encoder_matches_uni_sign_widths():
@@ -191,3 +196,50 @@ def test_encoder_rejects_bad_batches():
         enc(dict(parts, left=parts["left"][:, :, :20]), mask)
     with pytest.raises(ValueError, match="bool"):
         enc(parts, mask.float())
+
+
+def _released_block(x, weights, kernel, A, temporal, eps=1e-5):
+    """The released block (Uni-Sign stgcn_block.py) in eval mode, written out with other ops:
+    GCN unit = conv (bias) -> sum_k A_k -> BN -> ReLU; then the temporal conv (bias) -> BN, or
+    nothing; plus the residual (1x1 conv with bias -> BN, or identity); then ReLU."""
+    def bn(y, name):
+        w, b, mean, var = (weights[f"{name}.{k}"] for k in ("weight", "bias", "running_mean", "running_var"))
+        return (y - mean[:, None, None]) / torch.sqrt(var[:, None, None] + eps) * w[:, None, None] + b[:, None, None]
+
+    B, C_in, T, V = x.shape
+    K = A.shape[0]
+    W = weights["gcn.conv.weight"][..., 0, 0].view(K, -1, C_in)  # (K, C_out, C_in)
+    bias = weights["gcn.conv.bias"].view(K, -1)
+    y = sum(torch.einsum("oc,bctv,vw->botw", W[k], x, A[k]) + bias[k][None, :, None, None] * A[k].sum(0)
+            for k in range(K))
+    y = torch.relu(torch.stack([bn(y_b, "bn") for y_b in y]))
+    if temporal:
+        Wt, bt = weights["tcn.0.weight"][..., 0], weights["tcn.0.bias"]  # (C, C, kt)
+        pad = kernel // 2
+        padded = torch.nn.functional.pad(y, (0, 0, pad, pad))
+        y = sum(torch.einsum("oc,bctv->botv", Wt[:, :, j], padded[:, :, j:j + T]) for j in range(kernel))
+        y = torch.stack([bn(y_b + bt[:, None, None], "tcn.1") for y_b in y])
+    if "residual.0.weight" in weights:
+        r = torch.einsum("oc,bctv->botv", weights["residual.0.weight"][..., 0, 0], x)
+        r = torch.stack([bn(r_b + weights["residual.0.bias"][:, None, None], "residual.1") for r_b in r])
+    else:
+        r = x
+    return torch.relu(y + r)
+
+
+@pytest.mark.parametrize("c_in, c_out, kernel", [(4, 4, 1), (4, 6, 1), (6, 6, 3)])
+def test_block_computes_the_released_arithmetic(c_in, c_out, kernel):
+    """Released weights (non-zero conv biases, running statistics) give the released outputs."""
+    torch.manual_seed(0)
+    A = Graph(3, CHAIN, 0).A
+    block = STGCNBlock(c_in, c_out, A, temporal_kernel=kernel).eval()
+    released = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in block.state_dict().items()}
+    for k in released:
+        if k.endswith("running_var"):
+            released[k] = released[k].abs() + 0.5
+    block.load_state_dict(released)
+    x = torch.randn(2, c_in, 7, 3)
+    out = block(x, torch.ones(2, 7, dtype=torch.bool))
+    expected = _released_block(x, released, kernel, released["gcn.A"], temporal=kernel > 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert (kernel > 1) == ("tcn.0.bias" in released) and (c_in != c_out) == ("residual.0.bias" in released)
