@@ -3,11 +3,12 @@
 Both are built from a *spec string*, so a model and its DataModule that are given the same spec
 agree on the vocabulary at ``__init__`` without reading any data:
 
-- ``load_tokenizer(spec)``: a local HF tokenizer directory (mT5's SentencePiece), a
-  ``tokenizer.json`` file, a PT ``.text`` file (a German word-level tokenizer built over its
-  lines, as ``load_gloss_vocab`` builds the gloss vocab from ``.gloss``), or ``"synthsign-de"`` /
-  ``"synthsign-zh"`` (a word- / character-level tokenizer built in memory over every sentence
-  the SynthSign grammar can emit).
+- ``load_tokenizer(spec)``: a local HF tokenizer directory (mT5's SentencePiece), a Hugging
+  Face Hub id such as ``google/mt5-base`` (from the standard HF cache, downloaded into it when
+  online; cache only with ``HF_HUB_OFFLINE=1``), a ``tokenizer.json`` file, a PT ``.text`` file
+  (a German word-level tokenizer built over its lines, as ``load_gloss_vocab`` builds the gloss
+  vocab from ``.gloss``), or ``"synthsign-de"`` / ``"synthsign-zh"`` (a word- / character-level
+  tokenizer built in memory over every sentence the SynthSign grammar can emit).
 - ``load_gloss_vocab(spec)``: a saved vocab JSON, a PT ``train.gloss`` file, or ``"synthsign"``.
 
 To train a word/character tokenizer on a real corpus instead of using mT5's:
@@ -22,8 +23,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.utils import validate_repo_id
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import is_offline_mode
 
 # mT5's convention: pad 0, eos 1, unk 2, so targets built here look like mT5 targets.
 TEXT_SPECIALS = ("<pad>", "</s>", "<unk>")
@@ -55,7 +59,12 @@ def build_word_level_tokenizer(sentences: Iterable[str], language: str) -> PreTr
 
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerFast:
-    """Load a text tokenizer from ``spec`` (see module docstring); never touches the network.
+    """Load a text tokenizer from ``spec`` (see module docstring).
+
+    A Hugging Face Hub id (``google/mt5-base``) loads as any transformers program loads it: from
+    the standard Hugging Face cache, downloading what is missing when online; with
+    ``HF_HUB_OFFLINE=1`` only from the cache (FileNotFoundError saying what to download otherwise).
+    Every other spec is read from local files or built in memory.
 
     Raises ValueError if the tokenizer lacks a pad token or does not append eos on encode
     (the translation targets rely on both).
@@ -68,9 +77,9 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerFast:
 
         tokenizer = build_word_level_tokenizer(spoken_sentences_for_tokenizer(language), language)
     else:
-        path = Path(spec)
+        path = Path(spec).expanduser()
         if path.is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
         elif path.is_file() and path.suffix == ".json":
             raw = Tokenizer.from_file(str(path))
             vocab = raw.get_vocab()
@@ -83,14 +92,43 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerFast:
             if not sentences:
                 raise ValueError(f"tokenizer spec {spec!r}: the .text file has no sentences")
             tokenizer = build_word_level_tokenizer(sentences, "de")
+        elif path.suffix not in (".json", ".text") and _is_hub_id(spec):
+            tokenizer = _hub_tokenizer(spec)
         else:
-            raise ValueError(f"tokenizer spec {spec!r} is neither synthsign-de/zh, a tokenizer "
-                             "directory, an existing tokenizer.json file nor a PT .text file")
+            raise ValueError(f"tokenizer spec {spec!r} is neither synthsign-de/zh, a tokenizer directory, "
+                             "an existing tokenizer.json file, a PT .text file nor a Hugging Face Hub id")
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {spec!r} has no pad or eos token")
     if tokenizer("a")["input_ids"][-1:] != [tokenizer.eos_token_id]:
         raise ValueError(f"tokenizer {spec!r} does not append its eos token on encode")
     return tokenizer
+
+
+def _is_hub_id(spec: str) -> bool:
+    """``name`` or ``owner/name`` as the Hub spells ids; ``/abs``, ``./rel``, ``~/x``, ``a/b/c`` are paths."""
+    if spec.startswith((".", "~", "/")):
+        return False
+    try:
+        validate_repo_id(spec)
+    except ValueError:  # HFValidationError
+        return False
+    return True
+
+
+def _hub_tokenizer(repo_id: str) -> PreTrainedTokenizerFast:
+    try:
+        # No local_files_only: transformers reads HF_HUB_OFFLINE itself and then stays in the cache.
+        return AutoTokenizer.from_pretrained(repo_id)
+    except OSError as err:
+        if is_offline_mode():
+            raise FileNotFoundError(
+                f"tokenizer {repo_id!r}: not a local path, and not in the Hugging Face cache "
+                f"{hf_constants.HF_HUB_CACHE} while HF_HUB_OFFLINE=1 forbids downloading it. Download it "
+                f"where there is network (`huggingface-cli download {repo_id} --exclude '*.h5' '*.msgpack'`, "
+                "into the same HF_HOME / HF_HUB_CACHE) or unset HF_HUB_OFFLINE to let transformers fetch it"
+            ) from err
+        raise FileNotFoundError(f"tokenizer {repo_id!r}: not a local path, and loading it from the Hugging "
+                                f"Face Hub failed: {err}") from err
 
 
 class GlossVocab:

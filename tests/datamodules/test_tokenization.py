@@ -6,6 +6,7 @@ import pytest
 
 from datamodules.tokenization import (GlossVocab, build_word_level_tokenizer, load_gloss_vocab,
                                       load_tokenizer)
+from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache, use_cache  # noqa: F401 (fixtures)
 
 DE = ["der regen kommt morgen", "es wird kalt im norden", "morgen wird es warm"]
 ZH = ["他今年四岁。", "你们好", "今天天气很好，"]
@@ -42,11 +43,10 @@ def test_load_tokenizer_json_file(tmp_path):
     assert loaded.pad_token_id == 0
 
 
-def test_load_tokenizer_sentencepiece_directory(tmp_path):
-    """The mT5 layout: spiece.model + tokenizer_config.json, loaded offline through AutoTokenizer."""
+def write_mt5_style_tokenizer(model_dir) -> None:
+    """The mT5 layout: spiece.model + tokenizer_config.json (a tiny SentencePiece model)."""
     spm = pytest.importorskip("sentencepiece")
-    model_dir = tmp_path / "mt5"
-    model_dir.mkdir()
+    model_dir.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter((DE + ZH) * 4), model_prefix=str(model_dir / "spiece"),
         vocab_size=40, hard_vocab_limit=False, model_type="unigram",
@@ -54,16 +54,61 @@ def test_load_tokenizer_sentencepiece_directory(tmp_path):
     (model_dir / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>",
          "unk_token": "<unk>", "extra_ids": 0}))
-    tok = load_tokenizer(str(model_dir))
+
+
+def assert_mt5_style(tok) -> None:
     ids = tok("der regen kommt")["input_ids"]
     assert ids[-1] == tok.eos_token_id == 1 and tok.pad_token_id == 0
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == "der regen kommt"
 
 
+def test_load_tokenizer_sentencepiece_directory(tmp_path):
+    """The mT5 layout loaded from a local directory through AutoTokenizer."""
+    write_mt5_style_tokenizer(tmp_path / "mt5")
+    assert_mt5_style(load_tokenizer(str(tmp_path / "mt5")))
+
+
+def test_hub_id_offline_loads_from_the_cache(offline_cache):
+    """`tokenizer: google/mt5-base` with HF_HUB_OFFLINE=1 reads the standard cache layout."""
+    write_mt5_style_tokenizer(cached_snapshot(offline_cache, "google/mt5-base"))
+    assert_mt5_style(load_tokenizer("google/mt5-base"))
+    word_level = build_word_level_tokenizer(DE, "de")
+    word_level.save_pretrained(cached_snapshot(offline_cache, "signlab/de-words"))
+    assert load_tokenizer("signlab/de-words")(DE[0])["input_ids"] == word_level(DE[0])["input_ids"]
+
+
+def test_hub_id_offline_missing_says_what_to_download(offline_cache):
+    with pytest.raises(FileNotFoundError) as err:
+        load_tokenizer("google/mt5-base")
+    message = str(err.value)
+    assert "'google/mt5-base'" in message and "HF_HUB_OFFLINE=1" in message
+    assert "huggingface-cli download google/mt5-base" in message and str(offline_cache) in message
+
+
+def test_hub_id_online_downloads_into_the_cache(fake_hub, tmp_path, monkeypatch):
+    """Online, transformers' own download code fetches the files (from a fake Hub) into the
+    standard cache, and the same spec then loads offline."""
+    cache, server = fake_hub
+    write_mt5_style_tokenizer(tmp_path / "remote")
+    server.repos["google/mt5-base"] = tmp_path / "remote"
+    assert_mt5_style(load_tokenizer("google/mt5-base"))
+    assert ("GET", "/google/mt5-base/resolve/main/spiece.model") in server.requests
+    snapshot = cache / "models--google--mt5-base" / "snapshots" / COMMIT
+    assert (snapshot / "spiece.model").read_bytes() == (tmp_path / "remote" / "spiece.model").read_bytes()
+    with pytest.raises(FileNotFoundError, match="'nobody/nothing': not a local path, and loading it from the Hugging"):
+        load_tokenizer("nobody/nothing")
+    use_cache(monkeypatch, cache.parent, offline=True)
+    before = len(server.requests)
+    assert_mt5_style(load_tokenizer("google/mt5-base"))
+    assert len(server.requests) == before
+
+
 def test_load_tokenizer_bad_spec(tmp_path):
     with pytest.raises(ValueError, match="nowhere"):
-        load_tokenizer(str(tmp_path / "nowhere"))
+        load_tokenizer(str(tmp_path / "nowhere"))  # a path, never taken for a Hub id
+    with pytest.raises(ValueError, match="tok/de.json"):
+        load_tokenizer("tok/de.json")  # a missing file spelled like an id is still a missing file
     with pytest.raises(ValueError, match="synthsign-fr"):
         load_tokenizer("synthsign-fr")
 
