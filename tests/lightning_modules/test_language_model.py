@@ -1,4 +1,5 @@
-"""mT5 wrapper: offline loading without re-initialisation, prompt placement, loss, generation."""
+"""mT5 wrapper: loading (local directory, Hub id through the HF cache) without re-initialisation,
+train mode after loading, prompt placement, loss, generation."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
 
 from lightning_modules.language_model import PROMPT, SignLanguageModel, build_mt5
+from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache, use_cache  # noqa: F401 (fixtures)
 
 WORDS = ["Translate", "sign", "language", "video", "to", "Chinese", ":", "he", "is", "four", "today"]
 TINY_MT5 = dict(vocab_size=8, d_model=16, d_ff=32, d_kv=4, num_heads=2, num_layers=1,
@@ -49,15 +51,17 @@ def test_pretrained_round_trip_keeps_the_saved_weights(lm, tokenizer, tmp_path):
             assert torch.equal(state[name], value), name
 
 
-def test_loader_errors_name_the_path(tmp_path, tokenizer, lm):
+def test_loader_errors_name_the_path(tmp_path, tokenizer, lm, offline_cache):
     with pytest.raises(ValueError, match="exactly one"):
         build_mt5(None, None)
     with pytest.raises(ValueError, match="exactly one"):
         build_mt5(str(tmp_path), TINY_MT5)
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         build_mt5(str(tmp_path))  # a directory without weights
+    with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nowhere': no such directory"):
+        build_mt5(str(tmp_path / "nowhere"))  # a path, never taken for a Hub id
     with pytest.raises(FileNotFoundError, match="no-such-org/mt5-nothing"):
-        build_mt5("no-such-org/mt5-nothing")  # neither a directory nor cached; never downloads
+        build_mt5("no-such-org/mt5-nothing")  # neither a directory nor cached, and offline
     # a pretrained model smaller than the tokenizer is an error, not a silent resize
     small = build_mt5(config={**TINY_MT5, "vocab_size": 8})
     small.save_pretrained(tmp_path / "small")
@@ -155,3 +159,53 @@ def test_config_without_vocab_size_takes_the_tokenizers(tokenizer):
     small = SignLanguageModel(tokenizer, "Chinese", config=config)
     assert small.model.get_input_embeddings().num_embeddings == len(tokenizer)
     assert small.model.lm_head.out_features == len(tokenizer)
+
+
+def assert_same_weights(model, saved: dict) -> None:
+    state = model.state_dict()
+    assert state.keys() == saved.keys()
+    for name, value in saved.items():
+        assert torch.equal(state[name], value), name
+
+
+def test_loaded_weights_come_back_in_train_mode(lm, tmp_path):
+    """from_pretrained returns eval mode; Lightning would keep it, training without dropout."""
+    lm.model.save_pretrained(tmp_path)
+    assert all(m.training for m in build_mt5(str(tmp_path)).modules())
+
+
+def test_hub_id_offline_loads_from_the_cache(lm, tokenizer, offline_cache):
+    """`mt5_pretrained: google/mt5-base` with HF_HUB_OFFLINE=1 reads the standard cache layout."""
+    lm.model.save_pretrained(cached_snapshot(offline_cache, "google/mt5-base"))
+    model = build_mt5("google/mt5-base")
+    assert_same_weights(model, lm.model.state_dict())
+    assert all(m.training for m in model.modules())
+    assert_same_weights(SignLanguageModel(tokenizer, "Chinese", pretrained="google/mt5-base").model,
+                        lm.model.state_dict())
+
+
+def test_hub_id_offline_missing_says_what_to_download(offline_cache):
+    with pytest.raises(FileNotFoundError) as err:
+        build_mt5("google/mt5-base")
+    message = str(err.value)
+    assert "'google/mt5-base'" in message and "HF_HUB_OFFLINE=1" in message and str(offline_cache) in message
+    assert "huggingface-cli download google/mt5-base" in message
+
+
+def test_hub_id_online_downloads_into_the_cache(lm, fake_hub, tmp_path, monkeypatch):
+    """Online, transformers' own download code fetches the weights (from a fake Hub) into the
+    standard cache; offline afterwards, the same id loads from there without a request."""
+    cache, server = fake_hub
+    lm.model.save_pretrained(tmp_path / "remote")
+    server.repos["google/mt5-base"] = tmp_path / "remote"
+    assert_same_weights(build_mt5("google/mt5-base"), lm.model.state_dict())
+    for name in ("config.json", "model.safetensors"):
+        assert ("GET", f"/google/mt5-base/resolve/main/{name}") in server.requests
+        snapshot = cache / "models--google--mt5-base" / "snapshots" / COMMIT
+        assert (snapshot / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
+    with pytest.raises(FileNotFoundError, match="'nobody/nothing': not a local directory, and loading it from"):
+        build_mt5("nobody/nothing")
+    use_cache(monkeypatch, cache.parent, offline=True)
+    before = len(server.requests)
+    assert_same_weights(build_mt5("google/mt5-base"), lm.model.state_dict())
+    assert len(server.requests) == before
