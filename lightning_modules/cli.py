@@ -180,6 +180,8 @@ class SignLabCLI(LightningCLI):
         resolve = {"last": resolve_last_checkpoint, "best": resolve_best_checkpoint}.get(config.get("ckpt_path"))
         if resolve is not None:
             config["ckpt_path"] = resolve(self.trainer.default_root_dir)
+        if config.get("ckpt_path") and hasattr(self.model, "init_from_done"):
+            self.model.init_from_done = True  # the checkpoint's weights win over `init_from`
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path()

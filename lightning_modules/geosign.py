@@ -23,6 +23,7 @@ from datamodules.keypoints import PART_NAMES
 from datamodules.tokenization import load_tokenizer
 
 from .hyperbolic_branch import HyperbolicBranch, LossBlend
+from .init_weights import load_initial_weights
 from .language_model import SignLanguageModel
 from .media import log_figure, log_table
 from .metrics import translation_scores
@@ -42,8 +43,12 @@ class GeoSignTranslator(LightningModule):
         language: ISO code of the target text ("zh" for CSL-Daily, "de" for PHOENIX-2014T), the same
             value as the DataModule's; it names the prompt's language and picks the BLEU protocol
             (character-level for Chinese).
-        mt5_pretrained: local directory (or cached hub id) of mT5 weights; or
+        mt5_pretrained: a local directory or a Hugging Face hub id of mT5 weights; or
         mt5_config: an `MT5Config` dict for random weights (demos, tests).
+        init_from: weights to start from (`lightning_modules.init_weights`): a released Uni-Sign or
+            Geo-Sign checkpoint, or a signlab `.ckpt`, as a path or `hf://owner/repo/file`. Applied
+            once when a run starts, never over a resumed `--ckpt_path` (whose weights win).
+        init_strict: stop before training unless every tensor fits (False: load what fits, log the rest).
         encoder: `PoseEncoder` keyword arguments (the output width is mT5's d_model).
         hyperbolic: "token", "pooled" or None (the Uni-Sign pose baseline).
         hyp_dim, init_c, learn_c, alpha_init, hyp_label_smoothing, frechet_temperature,
@@ -63,6 +68,8 @@ class GeoSignTranslator(LightningModule):
                  language: str = "zh",
                  mt5_pretrained: str | None = None,
                  mt5_config: dict | None = None,
+                 init_from: str | None = None,
+                 init_strict: bool = True,
                  encoder: dict | None = None,
                  hyperbolic: str | None = "token",  # hyp_text_cmp, Table 3
                  hyp_dim: int = 256,  # d_hyp, Table 3
@@ -109,6 +116,16 @@ class GeoSignTranslator(LightningModule):
         self.blend = None if hyperbolic is None else LossBlend(alpha_init)
         self._outputs: dict[int, list[dict]] = {}
         self._disk_points: list[Tensor] = []
+        # True once `init_from` was applied, or when the run resumes a checkpoint (the CLI sets it).
+        self.init_from_done = False
+
+    def setup(self, stage: str) -> None:
+        # Here rather than in __init__: before the strategy wraps the model (DeepSpeed copies the
+        # weights into its optimiser), and never when a resumed checkpoint will overwrite them.
+        if self.hparams.init_from and not self.init_from_done:
+            load_initial_weights(self, self.hparams.init_from, strict=self.hparams.init_strict,
+                                 share_hands=self.encoder.share_hands)
+            self.init_from_done = True
 
     # ---------------------------------------------------------------------------------- training
 
