@@ -23,11 +23,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from huggingface_hub import constants as hf_constants
-from huggingface_hub.utils import validate_repo_id
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import is_offline_mode
+
+from lightning_modules.hub import hub_id_failure, is_hub_id
 
 # mT5's convention: pad 0, eos 1, unk 2, so targets built here look like mT5 targets.
 TEXT_SPECIALS = ("<pad>", "</s>", "<unk>")
@@ -92,7 +92,7 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerFast:
             if not sentences:
                 raise ValueError(f"tokenizer spec {spec!r}: the .text file has no sentences")
             tokenizer = build_word_level_tokenizer(sentences, "de")
-        elif path.suffix not in (".json", ".text") and _is_hub_id(spec):
+        elif path.suffix not in (".json", ".text") and is_hub_id(spec):
             tokenizer = _hub_tokenizer(spec)
         else:
             raise ValueError(f"tokenizer spec {spec!r} is neither synthsign-de/zh, a tokenizer directory, "
@@ -104,31 +104,12 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _is_hub_id(spec: str) -> bool:
-    """``name`` or ``owner/name`` as the Hub spells ids; ``/abs``, ``./rel``, ``~/x``, ``a/b/c`` are paths."""
-    if spec.startswith((".", "~", "/")):
-        return False
-    try:
-        validate_repo_id(spec)
-    except ValueError:  # HFValidationError
-        return False
-    return True
-
-
 def _hub_tokenizer(repo_id: str) -> PreTrainedTokenizerFast:
     try:
         # No local_files_only: transformers reads HF_HUB_OFFLINE itself and then stays in the cache.
         return AutoTokenizer.from_pretrained(repo_id)
     except OSError as err:
-        if is_offline_mode():
-            raise FileNotFoundError(
-                f"tokenizer {repo_id!r}: not a local path, and not in the Hugging Face cache "
-                f"{hf_constants.HF_HUB_CACHE} while HF_HUB_OFFLINE=1 forbids downloading it. Download it "
-                f"where there is network (`huggingface-cli download {repo_id} --exclude '*.h5' '*.msgpack'`, "
-                "into the same HF_HOME / HF_HUB_CACHE) or unset HF_HUB_OFFLINE to let transformers fetch it"
-            ) from err
-        raise FileNotFoundError(f"tokenizer {repo_id!r}: not a local path, and loading it from the Hugging "
-                                f"Face Hub failed: {err}") from err
+        raise FileNotFoundError(hub_id_failure("tokenizer", repo_id, err, is_offline_mode())) from err
 
 
 class GlossVocab:

@@ -1,11 +1,16 @@
-"""Weights files named by a local path or a Hugging Face Hub reference.
+"""Files and models named by a local path or on the Hugging Face Hub.
 
-``hf://<owner>/<repo>/<path/in/repo>`` or ``hf://<owner>/<repo>@<revision>/<path/in/repo>`` (a
+Weights files (:func:`resolve_weights_file`, e.g. ``init_from``): a local path, or
+``hf://<owner>/<repo>/<path/in/repo>`` / ``hf://<owner>/<repo>@<revision>/<path/in/repo>`` (a
 revision holding ``/``, such as ``refs/pr/1``, is written URL-encoded: ``refs%2Fpr%2F1``), as
 huggingface_hub's own ``hf://`` paths; ``hf://datasets/...`` and ``hf://spaces/...`` name those
 repo types. The file is fetched with ``huggingface_hub.hf_hub_download`` into the standard
 Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``) when online, and only read from it with
 ``HF_HUB_OFFLINE=1``.
+
+Models and tokenizers (``mt5_pretrained``, ``tokenizer``) are a local directory or a Hub id
+loaded by transformers' ``from_pretrained``, which follows the same cache and offline rules;
+:func:`is_hub_id` and :func:`hub_id_failure` are the pieces they share.
 """
 from __future__ import annotations
 
@@ -61,6 +66,31 @@ def parse_hub_reference(spec: str) -> HubFile:
     except HFValidationError as err:
         raise ValueError(f"malformed Hugging Face Hub reference {spec!r}: {err}") from err
     return HubFile(f"{owner}/{name}", "/".join(path), revision, repo_type)
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` (not an existing path) reads as a Hub repo id, ``name`` or ``owner/name``;
+    ``/abs``, ``./rel``, ``~/x`` and ``a/b/c`` are paths. ``pretrained/mt5-base`` is both, as in
+    transformers: a directory of that name wins, else it is taken as an id."""
+    if spec.startswith((".", "~", "/")):
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_id_failure(what: str, repo_id: str, err: Exception, offline: bool) -> str:
+    """The message for a ``from_pretrained(repo_id)`` that failed: offline, what to download;
+    online, Hugging Face's reason. ``what`` names the thing, e.g. "mT5 weights"."""
+    local = f"{what} {repo_id!r}: no local directory {str(Path(repo_id).absolute())!r}, and as a Hugging Face Hub id"
+    if offline:
+        return (f"{local} it is not in the cache {hf_constants.HF_HUB_CACHE} while HF_HUB_OFFLINE=1 forbids "
+                f"downloading it. Download it where there is network, into the same HF_HOME / HF_HUB_CACHE "
+                f"(`huggingface-cli download {repo_id} --exclude '*.h5' '*.msgpack'`: the PyTorch files), "
+                "or unset HF_HUB_OFFLINE to let transformers fetch what it needs")
+    return f"{local} it could not be loaded: {err}"
 
 
 def resolve_weights_file(spec: str) -> Path:

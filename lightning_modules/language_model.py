@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from huggingface_hub import constants as hf_constants
-from huggingface_hub.utils import validate_repo_id
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.utils import is_offline_mode
+
+from .hub import hub_id_failure, is_hub_id
 
 PROMPT = "Translate sign language video to {language}: "
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -58,29 +58,7 @@ def build_mt5(pretrained: str | None = None, config: dict | None = None) -> MT5F
         # No local_files_only: transformers reads HF_HUB_OFFLINE itself and then stays in the cache.
         return MT5ForConditionalGeneration.from_pretrained(pretrained).train()
     except OSError as err:
-        raise FileNotFoundError(f"mT5 weights {pretrained!r}: {hub_load_failure(pretrained, err)}") from err
-
-
-def is_hub_id(spec: str) -> bool:
-    """Whether ``spec`` (not an existing path) reads as a Hub model id, ``name`` or ``owner/name``,
-    rather than as a path: ``/abs``, ``./rel``, ``~/x`` or ``a/b/c`` are paths."""
-    if spec.startswith((".", "~", "/")):
-        return False
-    try:
-        validate_repo_id(spec)
-    except ValueError:  # HFValidationError
-        return False
-    return True
-
-
-def hub_load_failure(repo_id: str, err: Exception) -> str:
-    """Why a Hub id did not load, and what to do: offline, the download command; online, HF's reason."""
-    if is_offline_mode():
-        return (f"not a local directory, and not in the Hugging Face cache {hf_constants.HF_HUB_CACHE} while "
-                f"HF_HUB_OFFLINE=1 forbids downloading it. Download it where there is network "
-                f"(`huggingface-cli download {repo_id} --exclude '*.h5' '*.msgpack'`, into the same cache: "
-                f"HF_HOME / HF_HUB_CACHE) or unset HF_HUB_OFFLINE to let transformers fetch it")
-    return f"not a local directory, and loading it from the Hugging Face Hub failed: {err}"
+        raise FileNotFoundError(hub_id_failure("mT5 weights", pretrained, err, is_offline_mode())) from err
 
 
 @dataclass

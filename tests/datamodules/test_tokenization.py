@@ -96,7 +96,8 @@ def test_hub_id_online_downloads_into_the_cache(fake_hub, tmp_path, monkeypatch)
     assert ("GET", "/google/mt5-base/resolve/main/spiece.model") in server.requests
     snapshot = cache / "models--google--mt5-base" / "snapshots" / COMMIT
     assert (snapshot / "spiece.model").read_bytes() == (tmp_path / "remote" / "spiece.model").read_bytes()
-    with pytest.raises(FileNotFoundError, match="'nobody/nothing': not a local path, and loading it from the Hugging"):
+    with pytest.raises(FileNotFoundError, match="tokenizer 'nobody/nothing': no local directory .*, and as a "
+                                                "Hugging Face Hub id it could not be loaded"):
         load_tokenizer("nobody/nothing")
     use_cache(monkeypatch, cache.parent, offline=True)
     before = len(server.requests)

@@ -1,5 +1,7 @@
 """mT5 wrapper: loading (local directory, Hub id through the HF cache) without re-initialisation,
 train mode after loading, prompt placement, loss, generation."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,6 +192,10 @@ def test_hub_id_offline_missing_says_what_to_download(offline_cache):
     message = str(err.value)
     assert "'google/mt5-base'" in message and "HF_HUB_OFFLINE=1" in message and str(offline_cache) in message
     assert "huggingface-cli download google/mt5-base" in message
+    # a relative directory spelled like an id (the paper configs' pretrained/mt5-base): the message
+    # names the directory that was looked for as well
+    with pytest.raises(FileNotFoundError, match=f"no local directory '{Path.cwd() / 'pretrained/mt5-base'}'"):
+        build_mt5("pretrained/mt5-base")
 
 
 def test_hub_id_online_downloads_into_the_cache(lm, fake_hub, tmp_path, monkeypatch):
@@ -203,7 +209,8 @@ def test_hub_id_online_downloads_into_the_cache(lm, fake_hub, tmp_path, monkeypa
         assert ("GET", f"/google/mt5-base/resolve/main/{name}") in server.requests
         snapshot = cache / "models--google--mt5-base" / "snapshots" / COMMIT
         assert (snapshot / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
-    with pytest.raises(FileNotFoundError, match="'nobody/nothing': not a local directory, and loading it from"):
+    with pytest.raises(FileNotFoundError, match="'nobody/nothing': no local directory .*, and as a Hugging Face "
+                                                "Hub id it could not be loaded"):
         build_mt5("nobody/nothing")
     use_cache(monkeypatch, cache.parent, offline=True)
     before = len(server.requests)
