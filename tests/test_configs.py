@@ -56,8 +56,9 @@ def test_paper_geosign_config_builds(path):
     from lightning_modules.geosign import GeoSignTranslator
 
     args = yaml.safe_load(path.read_text())["model"]["init_args"]
-    assert args["mt5_pretrained"] == "pretrained/mt5-base"
-    args.update(mt5_pretrained=None, mt5_config=MT5_BASE, tokenizer="synthsign-zh")
+    assert args["mt5_pretrained"] == args["tokenizer"] == "google/mt5-base"
+    assert args["init_from"].startswith("hf://")  # the papers fine-tune released pretraining
+    args.update(mt5_pretrained=None, mt5_config=MT5_BASE, tokenizer="synthsign-zh", init_from=None)
     with torch.device("meta"):
         model = GeoSignTranslator(**args)
     assert model.lm.d_model == 768
