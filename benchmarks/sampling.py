@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, median_time, print_table, timed, write_results  # noqa: E402
 from generation.length import decode_length_candidates, lengths_to_mask  # noqa: E402
+from lightning_modules.checkpoint_io import load_checkpoint_file, load_lightning_module  # noqa: E402
 from lightning_modules.posevq_diffusion import METHOD_NAMES, PoseVQDiffusion  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,7 +261,7 @@ def load_checkpoints(args: argparse.Namespace) -> dict[str, tuple[Path, dict]]:
         path = getattr(args, flag)
         if path is None:
             continue
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # a Lightning checkpoint: hparams inside
+        checkpoint = load_checkpoint_file(path, weights_only=True)  # data only: benchmarks are run on downloaded checkpoints too
         saved = checkpoint.get("hyper_parameters", {}).get("method")
         if saved != method:
             raise ValueError(f"{path}: holds a PoseVQDiffusion method {saved!r} but was passed as --{flag} ({method})")
@@ -274,8 +275,8 @@ def back_translation_row(path: Path, checkpoint: dict, setting: Setting, back_tr
     from lightning.pytorch import Trainer
 
     method = setting.method
-    model = PoseVQDiffusion.load_from_checkpoint(
-        path, map_location="cpu", back_translator_ckpt=str(back_translator), report_dir=str(report_dir),
+    model = load_lightning_module(
+        PoseVQDiffusion, path, map_location="cpu", back_translator_ckpt=str(back_translator), report_dir=str(report_dir),
         **setting.overrides())
     name = setting.name(model)
     print(f"back-translating {name} ({path}) ...", flush=True)

@@ -123,7 +123,9 @@ def cached_gloss_lengths(
     meta = {"k": k, "l": l, "fingerprint": fingerprint}
     lengths: dict[str, torch.Tensor] = {}
     if path.exists():
-        stored = torch.load(path, weights_only=True)
+        from lightning_modules.checkpoint_io import load_checkpoint_file  # lazy: generation/ does not import Lightning
+
+        stored = load_checkpoint_file(path, weights_only=True)
         if not isinstance(stored, dict) or "lengths" not in stored:
             raise ValueError(f"{path} is not a gloss-length cache (no 'lengths' entry)")
         if all(stored.get(key) == value for key, value in meta.items()):

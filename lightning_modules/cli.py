@@ -29,9 +29,13 @@ What differs from plain LightningCLI, and why:
 """
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -39,12 +43,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_modules.callbacks import WANDB_ID_FILE, BadSampleReport, NonFiniteGuard, ResumeState
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 
 CHECKPOINT_DIRNAME = "checkpoints"
+LOCK_FILE = "fit.lock"  # in the run folder; holds the PID of the fit that has it locked
 STEP_CHECKPOINT_EVERY = 100  # optimizer steps between mid-epoch `last.ckpt` saves (a crash loses at most these)
+SIGNLAB_PACKAGES = ("lightning_modules", "datamodules", "generation", "geometry")
 DESCRIPTION = "signlab: sign language translation and production experiments (LightningCLI)"
 
 
@@ -106,6 +113,34 @@ def resolve_best_checkpoint(run_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"--ckpt_path best: {last} records no best checkpoint that still exists "
                                 f"({best[0] if best else 'no monitored checkpoint'}); use --ckpt_path last")
     return best[0]
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another process is fitting in this run folder."""
+
+
+@contextmanager
+def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive `flock` on `<run>/fit.lock` for the block: one writer per run folder. A
+    second holder fails at once with an error naming the first one's PID. The kernel drops the
+    lock when its process dies, so a killed fit never leaves the folder locked."""
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunFolderBusyError(
+                f"run folder {Path(run_dir).resolve()} is in use by another fit (PID {holder}); its "
+                "checkpoints would be overwritten. Wait for it, stop it, or set another "
+                "trainer.default_root_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the flock
 
 
 class SignLabCLI(LightningCLI):
@@ -185,16 +220,26 @@ class SignLabCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path()
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path:
-            self._continue_wandb_run(ckpt_path)
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path"):
+            self._continue_wandb_run(config["ckpt_path"], config.get("weights_only"))
 
-    def _continue_wandb_run(self, ckpt_path: str) -> None:
+    def fit(self, **kwargs) -> None:
+        """`trainer.fit` holding the run folder's lock (rank 0 only: DDP's other ranks are this
+        same fit, started by it)."""
+        if rank_zero_only.rank != 0:
+            self.trainer.fit(**kwargs)
+            return
+        with run_folder_lock(self.trainer.default_root_dir):
+            self.trainer.fit(**kwargs)
+
+    def _continue_wandb_run(self, ckpt_path: str, weights_only: bool | None) -> None:
         """Point the W&B logger at the checkpoint's run id (its experiment is created later, lazily)."""
         loggers = [lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers or loggers[0]._experiment is not None:
             return
-        state = load_checkpoint_file(ckpt_path, mmap=True).get("callbacks", {}).get("ResumeState", {})
+        checkpoint = load_checkpoint_file(ckpt_path, mmap=True, weights_only=weights_only)
+        state = checkpoint.get("callbacks", {}).get("ResumeState", {})
         run_id = state.get("wandb_id")
         id_file = Path(self.trainer.default_root_dir) / WANDB_ID_FILE
         if run_id is None and id_file.is_file():
@@ -213,7 +258,20 @@ class SignLabCLI(LightningCLI):
         self._resolve_ckpt_path()
 
 
+def show_signlab_logs() -> None:
+    """signlab's own INFO messages (what init_from loaded, caches built, samples skipped) on
+    stderr, as Lightning shows its own; other libraries keep their levels."""
+    for package in SIGNLAB_PACKAGES:
+        logger = logging.getLogger(package)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+
 def main(args: list[str] | None = None) -> None:
+    show_signlab_logs()
     SignLabCLI(args=args)
 
 

@@ -55,6 +55,7 @@ from generation.diffusion import MaskReplaceDiffusion, frames_to_tokens
 from generation.length import decode_length_candidates, length_candidates, sequential_knn_lengths
 from generation.mask_predict import MaskPredict
 from generation.metrics import dtw_mje
+from lightning_modules.checkpoint_io import check_checkpoint, load_checkpoint_file, load_lightning_module
 from lightning_modules.optim import warmup_cosine
 from lightning_modules.pose_vqvae import PoseVQVAE
 
@@ -72,7 +73,7 @@ def load_frozen_vqvae(path: str) -> torch.nn.Module:
     """The Pose-VQVAE network of a ``PoseVQVAE`` checkpoint, frozen and in eval mode."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"vqvae_ckpt {path!r}: no such file; {VQVAE_DEMO_HINT}")
-    model = PoseVQVAE.load_from_checkpoint(path, map_location="cpu").model
+    model = load_lightning_module(PoseVQVAE, path, map_location="cpu").model
     model.requires_grad_(False)
     return model.eval()
 
@@ -195,7 +196,7 @@ class PoseVQDiffusion(LightningModule):
         path = self.cache_path()
         if path is None or not path.is_file():
             return
-        stored = torch.load(path, weights_only=True)
+        stored = load_checkpoint_file(path, weights_only=True)
         if not isinstance(stored, dict) or "targets" not in stored:
             raise ValueError(f"{path} is not a PoseVQ-Diffusion targets cache (no 'targets' entry)")
         if all(stored.get(key) == value for key, value in self._cache_meta().items()):
@@ -375,6 +376,8 @@ class PoseVQDiffusion(LightningModule):
         if stage == "test" and self.hparams.back_translator_ckpt and self.evaluator is None:
             from lightning_modules.production_eval import ProductionEvaluator
 
+            if Path(self.hparams.back_translator_ckpt).is_file():  # vetted before torch reads it (a missing file: its own error)
+                check_checkpoint(self.hparams.back_translator_ckpt)
             self.evaluator = ProductionEvaluator(self.hparams.back_translator_ckpt, language=self.hparams.language)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

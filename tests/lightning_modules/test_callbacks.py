@@ -147,20 +147,6 @@ def test_checkpoint_io_round_trip_and_truncated_file_is_named(tmp_path):
         io.load_checkpoint(tmp_path / "nothing.ckpt")
 
 
-class _Opaque:
-    pass
-
-
-def test_non_tensor_checkpoint_needs_explicit_trust(tmp_path, caplog):
-    path = tmp_path / "obj.ckpt"
-    atomic_torch_save({"hparams": _Opaque()}, path)
-    with pytest.raises(CorruptCheckpointError, match="obj.ckpt"):
-        load_checkpoint_file(path, weights_only=True)
-    with caplog.at_level("WARNING"):
-        assert isinstance(load_checkpoint_file(path)["hparams"], _Opaque)
-    assert "weights_only=False" in caplog.text and "obj.ckpt" in caplog.text
-
-
 # ------------------------------------------------------------------ bad data, end to end (CLI)
 
 BAD_DATA = """
