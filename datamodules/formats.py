@@ -11,11 +11,16 @@ numpy arrays, numpy scalars/dtypes and builtin containers; anything else raises
 """
 from __future__ import annotations
 
+import _compat_pickle
+import builtins
+import collections
 import gzip
 import io
+import math
 import pickle
+import reprlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -27,64 +32,218 @@ PathLike = str | Path
 # Restricted unpickling
 # --------------------------------------------------------------------------------------------
 
-# Every global a pickle of numpy arrays / builtin containers needs, and nothing that can run code.
-_SAFE_GLOBALS = {
-    ("builtins", name) for name in
-    ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
-     "complex", "bool", "slice")
-} | {
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # protocol <= 2 stores bytes as _codecs.encode(str, "latin1")
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-# numpy 1.x pickles say numpy.core, numpy 2.x pickles say numpy._core; admit both spellings.
-for _core in ("numpy.core", "numpy._core"):
-    _SAFE_GLOBALS |= {
-        (f"{_core}.multiarray", "_reconstruct"),  # ndarray.__reduce__
-        (f"{_core}.multiarray", "scalar"),  # numpy scalars (np.float32(1.0), ...)
-        (f"{_core}.numeric", "_frombuffer"),  # ndarray.__reduce_ex__ with protocol 5
-    }
+# Pickles are untrusted. The unpickler below admits a handful of globals, each wrapped so that it
+# can only build inert data:
+# - numpy dtypes of plain numbers only (bool, int, uint, float, complex: no void, object, string or
+#   structured dtype, whose forged state turns raw bytes into pointers), always a private copy;
+# - arrays only through ``_reconstruct`` / ``_frombuffer`` (``numpy.ndarray`` itself is not callable:
+#   its constructor takes a shape and strides, a zero-stride array declaring 1e12 elements);
+# - BUILD (``__setstate__``) only on those arrays and dtypes, with their state checked first;
+# - every allocation a global makes is charged against ``MAX_UNPICKLED_BYTES`` before it happens, so
+#   a small file cannot declare a huge array or repeat one memoised object into gigabytes.
+MAX_UNPICKLED_BYTES = 1 << 30  # per file: 1 GiB, ~1.2M frames of 133 (x, y, score) float32 keypoints
+NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex
+_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "complex", "bool", "slice"}
+_NUMPY_CORE = ("numpy.core", "numpy._core")  # numpy 1.x pickles say numpy.core, numpy 2.x numpy._core
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle refers to a global outside the numpy/builtin allow-list."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle that asks for something outside the numpy/builtin allow-list (it could run code,
+    crash the process or exhaust memory). A ValueError too: it is one more corrupt input."""
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allow-listed globals (numpy arrays, dtypes, containers)."""
+def is_numeric_dtype(dtype: Any) -> bool:
+    """A dtype of plain numbers: no fields, sub-arrays, objects or flexible (void, string) items."""
+    return (isinstance(dtype, np.dtype) and dtype.kind in NUMERIC_KINDS and dtype.fields is None
+            and dtype.subdtype is None and not dtype.hasobject and dtype.itemsize > 0)
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """Unpickler that resolves only allow-listed globals, each wrapped to build inert data only.
+
+    The pure-Python unpickler, because BUILD must be intercepted (the C one cannot be changed);
+    it is iterative, so deep nesting cannot overflow the C stack.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: io.BufferedIOBase, source: str):
         super().__init__(file)
         self.source = source
+        self.budget = MAX_UNPICKLED_BYTES
+        self.buildable: set[int] = set()  # ids of the arrays / dtypes this unpickler made, not yet BUILT
+        self.made: list = []  # keeps those objects alive, so their ids stay theirs
+
+    # -- refusal and the allocation budget
+
+    def _refuse(self, what: str) -> UnsafePickleError:
+        return UnsafePickleError(f"{self.source}: refusing to unpickle {what}; only numpy arrays of plain "
+                                 "numbers, numpy scalars and builtin containers are allowed in data pickles")
+
+    def _charge(self, nbytes: int, what: str) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise self._refuse(f"{what}: the file asks for more than {MAX_UNPICKLED_BYTES} bytes in all")
+
+    def _mine(self, obj: Any) -> Any:
+        self.buildable.add(id(obj))
+        self.made.append(obj)
+        return obj
+
+    def _dtype_of(self, value: Any) -> np.dtype:
+        if not is_numeric_dtype(value):
+            raise self._refuse(f"dtype {value!r}")
+        return value
+
+    def _shape(self, shape: Any, itemsize: int, what: str) -> tuple[int, ...]:
+        if not (isinstance(shape, tuple) and len(shape) <= 32
+                and all(type(n) is int and n >= 0 for n in shape)):
+            raise self._refuse(f"{what} with shape {reprlib.repr(shape)}")
+        self._charge(math.prod(shape) * itemsize, f"{what} of shape {shape}")
+        return shape
+
+    # -- the allowed globals
 
     def find_class(self, module: str, name: str) -> Any:
-        # numpy dtype classes (numpy.dtypes.Float32DType) appear in some numpy 2 pickles.
-        if (module, name) in _SAFE_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"{self.source}: refusing to unpickle global '{module}.{name}'; only numpy arrays, "
-            "numpy scalars/dtypes and builtin containers are allowed in data pickles")
+        if self.proto < 3 and (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif self.proto < 3:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if module == "builtins" and name in _BUILTINS:
+            return self._call(getattr(builtins, name))
+        if (module, name) in {("builtins", "bytes"), ("builtins", "bytearray")}:
+            return self._bytes(getattr(builtins, name))
+        if (module, name) == ("collections", "OrderedDict"):
+            return self._call(collections.OrderedDict)
+        if (module, name) == ("_codecs", "encode"):  # protocol <= 2 stores bytes as encode(str, "latin1")
+            return self._latin1
+        if (module, name) == ("numpy", "dtype"):
+            return self._dtype
+        if (module, name) == ("numpy", "ndarray"):
+            return _NDARRAY  # only as _reconstruct's first argument
+        if module in {f"{core}.multiarray" for core in _NUMPY_CORE} and name in ("_reconstruct", "scalar"):
+            return self._reconstruct if name == "_reconstruct" else self._scalar
+        if module in {f"{core}.numeric" for core in _NUMPY_CORE} and name == "_frombuffer":
+            return self._frombuffer
+        raise self._refuse(f"global '{module}.{name}'")
+
+    def _call(self, func: Callable) -> Callable:
+        def call(*args: Any) -> Any:
+            # containers copy their argument: charge a generous 8 bytes per element up front
+            self._charge(sum(8 * len(a) if hasattr(a, "__len__") else 64 for a in args), func.__name__)
+            return func(*args)
+        return call
+
+    def _bytes(self, func: Callable) -> Callable:
+        def call(*args: Any) -> Any:
+            if args and not isinstance(args[0], (bytes, bytearray, str, list, tuple)):
+                raise self._refuse(f"{func.__name__}({reprlib.repr(args[0])}) (a size, not data)")
+            self._charge(sum(len(a) if hasattr(a, "__len__") else 64 for a in args), func.__name__)
+            return func(*args)
+        return call
+
+    def _latin1(self, text: Any, encoding: Any = "utf-8") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise self._refuse(f"_codecs.encode with encoding {reprlib.repr(encoding)}")
+        self._charge(len(text), "bytes")
+        return text.encode("latin1")
+
+    def _dtype(self, spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+        if not isinstance(spec, str) or len(spec) > 8:
+            raise self._refuse(f"dtype {reprlib.repr(spec)}")
+        # always a private copy: BUILD on numpy's shared float32 dtype would change it process-wide
+        return self._mine(self._dtype_of(np.dtype(spec, bool(align), True)))
+
+    def _reconstruct(self, subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+        if subtype is not _NDARRAY or not isinstance(typecode, (bytes, str)) or len(typecode) > 8:
+            raise self._refuse("an array other than a plain numpy.ndarray")
+        dtype = self._dtype_of(np.dtype(typecode))
+        return self._mine(_numpy_reconstruct(np.ndarray, self._shape(shape, dtype.itemsize, "array"), typecode))
+
+    def _frombuffer(self, buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        dtype = self._dtype_of(dtype)
+        if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
+            raise self._refuse("an out-of-band or malformed protocol-5 array buffer")
+        if math.prod(self._shape(shape, dtype.itemsize, "array")) * dtype.itemsize != len(buffer):
+            raise self._refuse(f"an array of shape {shape} over a buffer of {len(buffer)} bytes")
+        return _numpy_frombuffer(buffer, dtype, shape, order)
+
+    def _scalar(self, dtype: Any, data: Any = None) -> np.generic:
+        dtype = self._dtype_of(dtype)
+        if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+            raise self._refuse(f"a numpy {dtype} scalar from {reprlib.repr(data)}")
+        return _numpy_scalar(dtype, data)
+
+    # -- BUILD: only the __setstate__ of an array or dtype made above, once, with a checked state
+
+    def load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if id(inst) not in self.buildable:
+            raise self._refuse(f"BUILD on a {type(inst).__name__}")
+        self.buildable.discard(id(inst))
+        if isinstance(inst, np.dtype):
+            # (3, byte order, subarray, names, fields, elsize, alignment, flags): a plain number's
+            # state sets the byte order and nothing else
+            if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+                    and state[1] in ("<", ">", "=", "|") and state[2:5] == (None, None, None)
+                    and state[5:] == (-1, -1, 0) and (state[1] != "|" or inst.itemsize == 1)):
+                raise self._refuse(f"dtype state {reprlib.repr(state)}")
+        else:
+            # (1, shape, dtype, fortran order, raw bytes), the bytes exactly the shape's size
+            if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1
+                    and isinstance(state[3], bool) and isinstance(state[4], (bytes, bytearray))):
+                raise self._refuse(f"array state {reprlib.repr(state)}")
+            dtype = self._dtype_of(state[2])
+            shape = self._shape(state[1], dtype.itemsize, "array")
+            if math.prod(shape) * dtype.itemsize != len(state[4]):
+                raise self._refuse(f"an array of shape {shape} {dtype} from {len(state[4])} bytes")
+        inst.__setstate__(state)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+class _NdarrayToken:
+    """What the allow-list returns for ``numpy.ndarray``: accepted by ``_reconstruct``, never callable."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayToken()
+_numpy_reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+_numpy_scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+_numpy_frombuffer = np._core.numeric._frombuffer if hasattr(np, "_core") else np.core.numeric._frombuffer
 
 
 def load_pickle(path: PathLike) -> Any:
     """Load a (optionally gzip-compressed) pickle with ``SafeUnpickler``.
 
-    Raises FileNotFoundError for a missing file, UnsafePickleError for a disallowed global and
-    ValueError (naming the file) for a truncated or corrupt one.
+    Raises FileNotFoundError for a missing file, UnsafePickleError for a disallowed global, BUILD or
+    allocation, and ValueError naming the file for anything else wrong with it (truncated, corrupt,
+    a gzip stream that inflates past ``MAX_UNPICKLED_BYTES``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    raw = path.read_bytes()
     try:
-        if raw[:2] == b"\x1f\x8b":  # gzip magic number
-            raw = gzip.decompress(raw)
+        with path.open("rb") as f:
+            raw = f.read(MAX_UNPICKLED_BYTES + 1)
+            if raw[:2] == b"\x1f\x8b":  # gzip magic number; inflated in bounded reads (a zip bomb stops at the cap)
+                raw = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(MAX_UNPICKLED_BYTES + 1)
+        if len(raw) > MAX_UNPICKLED_BYTES:
+            raise UnsafePickleError(f"{path}: more than {MAX_UNPICKLED_BYTES} bytes of pickle")
         return SafeUnpickler(io.BytesIO(raw), str(path)).load()
     except UnsafePickleError:
         raise
-    except Exception as err:  # truncated gzip, EOFError, garbage opcodes, ...
-        raise ValueError(f"{path}: corrupt pickle ({type(err).__name__}: {err})") from err
+    except Exception as err:  # truncated gzip, EOFError, garbage opcodes, a wrapped global's own errors, ...
+        raise ValueError(f"{path}: corrupt pickle ({type(err).__name__}: {_short(err)})") from err
+
+
+def _short(value: Any) -> str:
+    """A bounded description of untrusted data for an error message (reprlib stops at depth 6, so a
+    200,000-deep nesting cannot recurse through repr)."""
+    return reprlib.repr(value) if not isinstance(value, BaseException) else str(value)[:300]
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,57 +251,102 @@ def load_pickle(path: PathLike) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def read_unisign_labels(path: PathLike) -> dict[str, dict]:
+def read_unisign_labels(path: PathLike, bad: list[tuple[str, str]] | None = None) -> dict[str, dict]:
     """Read a label file: CSL-Daily (Uni-Sign) or PHOENIX-2014T (GFSLT-VLP) schema.
 
     Returns ``{key: {"name": str, "gloss": list[str], "text": str, "video_path": str | None,
     "length": int | None}}`` in file order. CSL-Daily glosses are already lists; GFSLT-VLP
     glosses are space-separated strings and are split; an empty gloss becomes ``[]``.
+    A malformed entry (no text, a field of the wrong type) raises ValueError naming the file and
+    key, or, when ``bad`` is a list, is left out and appended to it as ``(name, message)``.
+    A file that is not a dict of samples always raises.
     """
     data = load_pickle(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict of samples, got {type(data).__name__}")
     labels = {}
     for key, entry in data.items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: sample {key!r} is a {type(entry).__name__}, expected a dict")
-        text = entry.get("text")
-        if not isinstance(text, str):
-            raise ValueError(f"{path}: sample {key!r} has no 'text' string")
-        gloss = entry.get("gloss", [])
-        if isinstance(gloss, str):
-            gloss = gloss.split()
-        elif isinstance(gloss, (list, tuple)) and all(isinstance(g, str) for g in gloss):
-            gloss = list(gloss)
-        else:
-            raise ValueError(f"{path}: sample {key!r} has a 'gloss' that is neither a string "
-                             "nor a list of strings")
-        length = entry.get("length")
-        if length is not None:
-            try:
-                length = int(length)
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: sample {key!r} has a 'length' that is not a frame count: "
-                                 f"{length!r}") from None
-        labels[str(key)] = {
-            "name": str(entry.get("name", key)),
-            "gloss": gloss,
-            "text": text,
-            "video_path": entry.get("video_path"),
-            "length": length,
-        }
+        if not isinstance(key, (str, int)):
+            raise ValueError(f"{path}: sample key {_short(key)} is not a string")
+        try:
+            labels[str(key)] = _label(entry, key)
+        except ValueError as err:
+            message = f"{path}: sample {str(key)!r} {err}"
+            if bad is None:
+                raise ValueError(message) from None
+            bad.append((str(key), message))
     return labels
+
+
+def _label(entry: Any, key: str | int) -> dict:
+    """One label entry, checked field by field (each error message starts with what is wrong)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"is a {type(entry).__name__}, expected a dict")
+    text = entry.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("has no 'text' string" if not isinstance(text, str) else "has an empty 'text'")
+    gloss = entry.get("gloss", [])
+    if isinstance(gloss, str):
+        gloss = gloss.split()
+    elif isinstance(gloss, (list, tuple)) and all(isinstance(g, str) for g in gloss):
+        gloss = list(gloss)
+    else:
+        raise ValueError("has a 'gloss' that is neither a string nor a list of strings")
+    length = entry.get("length")
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+            raise ValueError(f"has a 'length' that is not a frame count: {_short(length)}")
+        length = int(length)
+    name, video_path = entry.get("name", key), entry.get("video_path")
+    if not isinstance(name, (str, int)):
+        raise ValueError(f"has a 'name' that is not a string: {_short(name)}")
+    if video_path is not None and not isinstance(video_path, str):
+        raise ValueError(f"has a 'video_path' that is not a string: {_short(video_path)}")
+    return {"name": str(name), "gloss": gloss, "text": text, "video_path": video_path, "length": length}
 
 
 # --------------------------------------------------------------------------------------------
 # Uni-Sign pose pickles
 # --------------------------------------------------------------------------------------------
 
+MAX_POSE_VALUES = 1 << 27  # per array: 134M numbers, ~500k frames of 133 keypoints (x, y)
+
+
+def _declared_values(value: Any) -> int:
+    """How many numbers ``np.asarray(value)`` would hold, counted without allocating, capped at
+    ``MAX_POSE_VALUES + 1``. A list holding one memoised sub-list a million times counts it a million
+    times (asarray would copy it so), yet each distinct list is visited once, so counting costs what
+    the pickle holds; a list that contains itself counts as too many. Iterative, no recursion."""
+    over = MAX_POSE_VALUES + 1
+    sizes: dict[int, int] = {}  # id of a list or tuple -> its count
+    open_lists: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, children_done = stack.pop()
+        if not isinstance(item, (list, tuple)) or (id(item) in sizes and not children_done):
+            continue
+        if not children_done:
+            if id(item) in open_lists:
+                return over  # a cycle
+            open_lists.add(id(item))
+            stack.append((item, True))
+            stack.extend((child, False) for child in item)
+            continue
+        open_lists.discard(id(item))
+        total = sum(sizes[id(c)] if isinstance(c, (list, tuple)) else c.size if isinstance(c, np.ndarray) else 1
+                    for c in item)
+        sizes[id(item)] = min(max(total, 1), over)
+    if isinstance(value, (list, tuple)):
+        return sizes[id(value)]
+    return value.size if isinstance(value, np.ndarray) else 1
+
 
 def _person0(array: Any, per_frame_ndim: int, key: str) -> np.ndarray:
     """Stack per-frame arrays and keep person 0: (T, [P,] *S) -> (T, *S)."""
+    if _declared_values(array) > MAX_POSE_VALUES:
+        raise ValueError(f"'{key}' holds more than {MAX_POSE_VALUES} values")
     if isinstance(array, (list, tuple)):  # per-frame list; person counts may differ by frame
-        frames = [np.asarray(f) for f in array]
+        frames = [_numeric(f, key) for f in array]
         for t, f in enumerate(frames):
             if f.ndim == per_frame_ndim + 1 and len(f) == 0:
                 raise ValueError(f"'{key}' frame {t} holds no person")
@@ -150,7 +354,7 @@ def _person0(array: Any, per_frame_ndim: int, key: str) -> np.ndarray:
         if not frames or any(f.ndim != per_frame_ndim for f in frames):
             raise ValueError(f"'{key}' frames have inconsistent shapes or are empty")
         array = np.stack(frames)
-    array = np.asarray(array)
+    array = _numeric(array, key)
     if array.ndim == per_frame_ndim + 2:  # (T, P, ...): Uni-Sign uses person 0
         if array.shape[1] == 0:
             raise ValueError(f"'{key}' has shape {array.shape}: no person")
@@ -161,12 +365,21 @@ def _person0(array: Any, per_frame_ndim: int, key: str) -> np.ndarray:
     return array
 
 
+def _numeric(value: Any, key: str) -> np.ndarray:
+    """``value`` as an array of plain numbers (Python numbers that no float holds, e.g. 10**400,
+    and strings or dicts are errors here, not numpy object arrays)."""
+    array = np.asarray(value) if isinstance(value, np.ndarray) else np.asarray(value, dtype=np.float64)
+    if not is_numeric_dtype(array.dtype):
+        raise ValueError(f"'{key}' holds {array.dtype} values, not numbers")
+    return array
+
+
 def _frame_window(data: dict) -> slice:
     """The ``[start, end)`` frames the optional integer ``start``/``end`` keys select."""
     bounds = [data.get(key) for key in ("start", "end")]
     for key, bound in zip(("start", "end"), bounds):
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, np.integer))):
-            raise ValueError(f"'{key}' must be an integer frame index, got {bound!r}")
+            raise ValueError(f"'{key}' must be an integer frame index, got {_short(bound)}")
     return slice(*bounds)
 
 
@@ -175,15 +388,18 @@ def read_pose_pickle(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Accepts keypoints shaped (T, 133, 2), (T, 1, 133, 2) or (T, P, 133, 2) (person 0 is used),
     or a per-frame list of those; scores likewise without the last axis. Optional integer
-    ``start``/``end`` keys select the frames ``[start, end)``. Raises ValueError naming the file
-    for a wrong structure (numpy's own errors on odd contents included), a frame without a
-    person, an empty sequence or non-finite values.
+    ``start``/``end`` keys select the frames ``[start, end)``. Every problem with the file raises
+    ValueError naming it (UnsafePickleError, a ValueError too, for a refused pickle): a wrong
+    structure or type, a frame without a person, an empty sequence, non-finite or out-of-range
+    values, more than ``MAX_POSE_VALUES`` values, and whatever numpy or Python raise on odd
+    contents (OverflowError, RecursionError, MemoryError, TypeError, ...).
     """
     data = load_pickle(path)
     try:
         return _pose_arrays(data)
-    except (IndexError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from err
+    except Exception as err:  # one error type for every way a sample can be bad: on_bad_sample handles it
+        raise ValueError(f"{path}: {type(err).__name__ + ': ' if not isinstance(err, ValueError) else ''}"
+                         f"{_short(err)}") from err
 
 
 def _pose_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -201,10 +417,11 @@ def _pose_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
         keypoints, scores = keypoints[window], scores[window]
     if len(keypoints) == 0:
         raise ValueError("empty pose sequence (0 frames)")
-    keypoints = keypoints.astype(np.float32)
-    scores = scores.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: reported below
+        keypoints = keypoints.astype(np.float32)
+        scores = scores.astype(np.float32)
     if not (np.isfinite(keypoints).all() and np.isfinite(scores).all()):
-        raise ValueError("NaN or infinite keypoint coordinates or scores")
+        raise ValueError("NaN or infinite keypoint coordinates or scores (or values beyond float32)")
     return keypoints, scores
 
 
