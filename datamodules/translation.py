@@ -13,17 +13,19 @@ Batch keys are documented in ``datamodules/batches.py``. Datasets and where file
 Frames: at most ``max_len``; training draws a sorted random subset seeded by
 ``(seed, epoch, index)``, dev/test take evenly spaced frames (deterministic evaluation).
 
-Errors: a missing/empty label file or an entry without text fails in ``setup``. A missing,
-corrupt, empty, non-finite or unconfident (fewer than 4 body points above the 0.3 score
-threshold, so Uni-Sign would feed all-zero parts) pose file raises an error naming the
-sample and file, or with ``on_bad_sample="skip"`` is dropped, logged once and counted in
-``self.skipped`` (reason -> names). Missing files are found in ``setup``; the rest when the
-sample is loaded.
+Errors: a missing/empty label file fails in ``setup``. A label entry without text or with a
+field of the wrong type, and a missing, corrupt, refused (unsafe), empty, non-finite or
+unconfident (fewer than 4 body points above the 0.3 score threshold, so Uni-Sign would feed
+all-zero parts) pose file raise an error naming the sample and file, or with
+``on_bad_sample="skip"`` are dropped, logged once and counted in ``self.skipped`` (reason ->
+names). Label entries and missing files are checked in ``setup``; pose contents when the sample
+is loaded.
 
 Packed cache (``packed=True``, the default): ``prepare_data`` unpickles and normalises every
 split's pose files once into ``<label_dir>/packed/`` (``datamodules/packed.py``: memory-mapped
 arrays plus an index, rebuilt when a label or pose file changes); ``setup`` uses it when it is
-fresh and otherwise reads the pickles. Batches are the same either way, bad samples included:
+fresh and otherwise reads the pickles. A damaged cache (checksum) is a ``PackedCacheError``, never
+a skipped sample. Batches are the same either way, bad samples included:
 bit-identical for clips of at most ``max_len`` frames, within float32 rounding (a few 1e-7) for
 longer ones, whose normalised frames are moved onto the sampled frames' crop box.
 
@@ -215,18 +217,26 @@ class SignTranslationDataModule(SplitDataModule):
             if not label_path.is_file():
                 continue  # setup reports it if the stage needs this split
             try:
-                if ensure_packed(self.cache_dir, split, label_path, self._pose_paths(read_unisign_labels(label_path))):
+                if ensure_packed(self.cache_dir, split, label_path, self._pose_paths(self._labels(label_path)[0])):
                     log.info("packed %s poses into %s", split, self.cache_dir)
             except OSError as err:  # e.g. a read-only dataset folder: training still works from pickles
                 log.warning("cannot build the packed pose cache in %s (%s); reading pose pickles "
                             "(set packed: false to silence this)", self.cache_dir, err)
                 return
 
+    def _labels(self, label_path: Path) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
+        """The file's well-formed labels and, with ``on_bad_sample="skip"``, the skip entries of the
+        malformed ones (with "raise" the first one raises, naming the file and sample)."""
+        bad: list[tuple[str, str]] | None = [] if self.on_bad_sample == "skip" else None
+        labels = read_unisign_labels(label_path, bad=bad)
+        return labels, [(name, "invalid", message) for name, message in bad or ()]
+
     def _build(self, split: str) -> PoseTextDataset:
         label_path = self.label_dir / f"labels.{split}"
-        labels = read_unisign_labels(label_path)
+        labels, malformed = self._labels(label_path)
+        record_skips(self.skipped, malformed)
         if not labels:
-            raise ValueError(f"{label_path}: no samples")
+            raise ValueError(f"{label_path}: no {'usable ' if malformed else ''}samples")
         records, missing = [], []
         pose_paths = self._pose_paths(labels)
         for label, (_, pose_path) in zip(labels.values(), pose_paths):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from datamodules.batches import BadSampleError
-from datamodules.formats import read_pose_pickle
+from datamodules.formats import read_pose_pickle, read_unisign_labels
 from datamodules.keypoints import PART_NAMES, PART_SLICES, body_extremes, normalise_clips, part_nodes
 from datamodules.packed import PackedCacheError, PackedPoses, build_packed, ensure_packed, paths
 from tests.datamodules.test_translation import _dm, _write_csl, make_pose
@@ -180,14 +180,81 @@ def test_phoenix_names_with_split_prefix(tmp_path):
 def test_array_that_disagrees_with_its_index_names_the_file(csl, key):
     label_dir = csl[0]
     _dm(csl).prepare_data()
-    array_path = paths(label_dir / "packed", "test")[0][key]
-    np.save(array_path, np.zeros((2, 133, 3), np.float32))
     dm = _dm(csl, packed=True, on_bad_sample="skip")
     dm.setup("test")
+    array_path = paths(label_dir / "packed", "test")[0][key]
+    np.save(array_path, np.zeros((2, 133, 3), np.float32))  # changed after this run verified it
     with pytest.raises(PackedCacheError, match=re.escape(str(array_path))):
         dm.datasets["test"].poses.arrays()
     with pytest.raises(PackedCacheError, match="rebuilt"):  # every sample is affected: never a skip
         next(iter(dm.test_dataloader()[1]))  # (dev, test)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "deleted"])
+def test_a_damaged_cache_is_a_cache_error_never_a_skip(csl, damage):
+    label_dir = csl[0]
+    _dm(csl).prepare_data()
+    array_path = paths(label_dir / "packed", "dev")[0]["nodes"]
+    raw = bytearray(array_path.read_bytes())
+    if damage == "flipped byte":
+        raw[len(raw) // 2] ^= 0x04
+        array_path.write_bytes(bytes(raw))
+    elif damage == "truncated":
+        array_path.write_bytes(bytes(raw[: len(raw) - 100]))
+    else:
+        array_path.unlink()
+    dm = _dm(csl, on_bad_sample="skip")
+    if damage == "deleted":  # an index without its arrays is no cache: the pickles are read
+        dm.setup("validate")
+        assert dm.datasets["dev"].poses is None
+    else:
+        with pytest.raises(PackedCacheError, match=re.escape(str(array_path)) + ".*checksum"):
+            dm.setup("validate")
+    assert dm.skipped == {}
+    assert ensure_packed(label_dir / "packed", "dev", label_dir / "labels.dev",
+                         dm._pose_paths(read_unisign_labels(label_dir / "labels.dev")))  # rebuilt ...
+    fresh = _dm(csl, on_bad_sample="skip")
+    fresh.setup("validate")  # ... and intact again
+    assert fresh.datasets["dev"].poses is not None and len(list(fresh.val_dataloader())) > 0
+
+
+def test_changed_content_with_size_and_mtime_restored_is_stale(csl):
+    label_dir, pose_dir, _ = csl
+    _dm(csl, max_len=400).prepare_data()
+    path = pose_dir / "Sdev000_P0000_T00.pkl"
+    before = path.stat()
+    original = path.read_bytes()
+    pose = pickle.loads(original)  # the test's own file
+    changed = pickle.dumps({**pose, "keypoints": pose["keypoints"] * 0.5 + 0.25})
+    assert len(changed) == len(original)  # same size ...
+    path.write_bytes(changed)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and mtime: only ctime tells
+    dm = _dm(csl, max_len=400)
+    dm.setup("validate")
+    assert dm.datasets["dev"].poses is None  # stale: the new content is read from the pickle
+    dm.prepare_data()
+    dm = _dm(csl, max_len=400)
+    dm.setup("validate")
+    clip = dm.datasets["dev"].poses.read("Sdev000_P0000_T00")
+    raw = part_nodes(*read_pose_pickle(path))
+    assert np.array_equal(clip.nodes, normalise_clips(raw, np.array([len(raw)]))[0].numpy())
+
+
+def test_a_rebuild_writes_a_new_generation_and_removes_the_old(csl):
+    label_dir, pose_dir, _ = csl
+    _dm(csl).prepare_data()
+    cache = label_dir / "packed"
+    old = paths(cache, "dev")[0]
+    dm = _dm(csl)
+    dm.setup("validate")
+    reader = dm.datasets["dev"].poses  # opened the old generation, maps it lazily
+    samples = [(f"Sdev00{i}_P0000_T00", pose_dir / f"Sdev00{i}_P0000_T00.pkl") for i in range(3)]
+    build_packed(cache, "dev", label_dir / "labels.dev", samples)
+    new = paths(cache, "dev")[0]
+    assert set(old.values()).isdisjoint(new.values()) and all(p.is_file() for p in new.values())
+    assert not any(p.exists() for p in old.values())
+    with pytest.raises(PackedCacheError, match="rebuilt"):  # never the new generation's frames under the old index
+        reader.read("Sdev000_P0000_T00")
 
 
 def test_a_read_error_that_may_pass_aborts_the_build_and_is_not_stored(csl, monkeypatch, caplog):
@@ -228,8 +295,9 @@ def test_synthsign_prepare_data_packs_beside_the_corpus(tmp_path):
     dm = SignTranslationDataModule(**kwargs)
     dm.prepare_data()
     dm.prepare_data()  # the corpus check still passes with the cache beside pose_format
-    assert sorted(p.name for p in (tmp_path / "synthsign" / "unisign" / "packed").iterdir()) == [
-        f"{s}.{ext}" for s in ("dev", "test", "train") for ext in ("extremes.npy", "index.json", "npy")]
+    names = sorted(p.name for p in (tmp_path / "synthsign" / "unisign" / "packed").iterdir())
+    assert [re.sub(r"\.[0-9a-f]{16}\.", ".<gen>.", name) for name in names] == [
+        f"{s}.{ext}" for s in ("dev", "test", "train") for ext in ("<gen>.extremes.npy", "<gen>.npy", "index.json")]
     dm.setup()
     plain = SignTranslationDataModule(**kwargs, packed=False)
     plain.setup()

@@ -16,6 +16,7 @@ from datamodules.batches import BadSampleError, ShardSampler
 from datamodules.keypoints import PART_SLICES, body_extremes, normalise_clips, part_nodes, rebox_clips, sample_frame_indices
 from datamodules.tokenization import build_word_level_tokenizer
 from datamodules.translation import SignTranslationDataModule
+from tests.test_untrusted_pickles import V8_FORGERY
 
 # ------------------------------------------------------------------ Uni-Sign reference (loops)
 
@@ -300,7 +301,9 @@ def test_missing_pose_file_raises_at_setup_or_is_skipped(csl):
      "invalid"),
     (pickle.dumps({"keypoints": np.zeros((3, 1, 133, 2)), "scores": np.full((3, 1, 133), 0.1)}),
      "low_score"),
-], ids=["corrupt", "non_finite", "unconfident"])
+    (pickle.dumps({"keypoints": [[[[10**400, 0.5]] * 133]] * 3, "scores": np.ones((3, 1, 133))}), "invalid"),
+    (V8_FORGERY, "unsafe"),
+], ids=["corrupt", "non_finite", "unconfident", "overflow", "void_dtype_forgery"])
 def test_bad_pose_content_names_sample_or_is_skipped(csl, content, reason):
     (csl[1] / "Sdev001_P0000_T00.pkl").write_bytes(content)
     dm = _dm(csl, batch_size=3)
@@ -317,6 +320,21 @@ def test_bad_pose_content_names_sample_or_is_skipped(csl, content, reason):
     assert batch["name"] == ["Sdev000_P0000_T00", "Sdev002_P0000_T00"] and "skipped" not in batch
     assert batch["body"].shape[0] == 2 and batch["target_ids"].shape[0] == 2
     assert dm.skipped == {reason: ["Sdev001_P0000_T00"]}
+
+
+@pytest.mark.parametrize("field, value", [("video_path", 5), ("text", ""), ("length", [[[3]]])])
+def test_a_malformed_label_entry_is_a_bad_sample(csl, field, value):
+    label_dir = csl[0]
+    labels = pickle.loads(gzip.decompress((label_dir / "labels.dev").read_bytes()))
+    labels["Sdev001_P0000_T00"][field] = value
+    (label_dir / "labels.dev").write_bytes(gzip.compress(pickle.dumps(labels)))
+    with pytest.raises(ValueError, match=rf"labels\.dev: sample 'Sdev001_P0000_T00' .*'{field}'"):
+        _dm(csl).setup("validate")
+    dm = _dm(csl, batch_size=3, on_bad_sample="skip")
+    dm.prepare_data()
+    dm.setup("validate")
+    assert dm.skipped == {"invalid": ["Sdev001_P0000_T00"]}
+    assert next(iter(dm.val_dataloader()))["name"] == ["Sdev000_P0000_T00", "Sdev002_P0000_T00"]
 
 
 def test_label_problems_fail_at_setup(csl):
