@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import builtins
+import codecs
 import collections
 import gzip
 import io
@@ -20,7 +21,7 @@ import math
 import pickle
 import reprlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -430,10 +431,13 @@ def _pose_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 PT_SUFFIXES = ("skels", "gloss", "text", "files")
+# PT's counter column is i/T; its public sample data rounds it to 4 decimals (off by <= 5e-5). A
+# dropped or added value shifts a joint coordinate into that column, which this catches.
+PT_COUNTER_TOLERANCE = 5e-4
 
 
 def parse_skels_line(line: str, where: str) -> np.ndarray:
-    """One ``.skels`` line -> (T, 50, 3) float32, dropping the counter column.
+    """One ``.skels`` line -> (T, 50, 3) float32, dropping the counter column after checking it.
 
     ``where`` (e.g. "dev.skels line 3 (dev/name)") prefixes every error message.
     """
@@ -449,7 +453,28 @@ def parse_skels_line(line: str, where: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ValueError(f"{where}: NaN or infinite joint coordinates")
     frames = values.reshape(-1, PT_VALUES_PER_FRAME)  # (T, 151)
+    counter = frames[:, -1].astype(np.float64)
+    off = np.abs(counter - np.arange(len(frames)) / len(frames))
+    if off.max() > PT_COUNTER_TOLERANCE or (np.diff(counter) < 0).any():
+        t = int(off.argmax()) if off.max() > PT_COUNTER_TOLERANCE else int(np.argmax(np.diff(counter) < 0)) + 1
+        raise ValueError(f"{where}: the counter column (every {PT_VALUES_PER_FRAME}th value) is not i/T: "
+                         f"frame {t} of {len(frames)} has {counter[t]:.6g}, expected {t / len(frames):.6g} "
+                         "(a value dropped or added shifts the columns)")
     return frames[:, :-1].reshape(-1, PT_NUM_JOINTS, 3)  # (T, 50, 3)
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str | ValueError]]:
+    """(line number, text) of a UTF-8 text file, whatever the locale; a leading byte-order mark is
+    dropped; a line that is not UTF-8 gives a ValueError naming the file and line instead of its
+    text. Lines end at "\\n" only (str.splitlines would also split on "\\u2028" inside text)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                yield number, ValueError(f"{path} line {number}: not UTF-8 ({err.reason} at byte {err.start})")
 
 
 def read_skels(path: PathLike) -> list[np.ndarray]:
@@ -457,14 +482,18 @@ def read_skels(path: PathLike) -> list[np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    with path.open() as f:
-        return [parse_skels_line(line, f"{path} line {i + 1}") for i, line in enumerate(f)]
+    sequences = []
+    for number, line in _text_lines(path):
+        if isinstance(line, ValueError):
+            raise line
+        sequences.append(parse_skels_line(line, f"{path} line {number}"))
+    return sequences
 
 
 def write_skels(path: PathLike, seqs: Sequence[np.ndarray]) -> None:
     """Write (T, 50, 3) sequences to a ``.skels`` file, appending PT's counter i/T per frame."""
     path = Path(path)
-    with path.open("w") as f:
+    with path.open("w", encoding="utf-8") as f:
         for k, seq in enumerate(seqs):
             seq = np.asarray(seq, dtype=np.float64)
             if seq.ndim != 3 or seq.shape[1:] != (PT_NUM_JOINTS, 3) or len(seq) == 0:
@@ -475,20 +504,16 @@ def write_skels(path: PathLike, seqs: Sequence[np.ndarray]) -> None:
             np.savetxt(f, row.reshape(1, -1), fmt="%.7g")  # float32 precision, one line
 
 
-def _read_lines(path: Path) -> list[str]:
-    # file iteration, not str.splitlines, which would also split on \u2028 etc. inside text
-    with path.open() as f:
-        return [line.rstrip("\n") for line in f]
-
-
 def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
                   ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Read ``{split}.{skels,gloss,text,files}`` from ``pt_dir``.
+    """Read ``{split}.{skels,gloss,text,files}`` from ``pt_dir`` (UTF-8, a byte-order mark allowed).
 
     Returns ``(samples, skipped)``: samples are ``{"name", "gloss": list[str], "text",
     "poses": (T, 50, 3) float32}``; ``skipped`` lists ``(name, reason)`` for lines dropped
     when ``on_bad_sample="skip"``. Missing files and line counts that disagree across the four
-    files always raise; a bad ``.skels`` line raises unless skipping.
+    files always raise; a bad sample raises (naming file, line and sample) unless skipping: a
+    malformed ``.skels`` line, a line of any of the four files that is not UTF-8, an empty gloss
+    or text line, an empty name.
     """
     if on_bad_sample not in ("raise", "skip"):
         raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
@@ -497,23 +522,27 @@ def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
         if not p.is_file():
             raise FileNotFoundError(f"{p}: file not found (PT layout needs "
                                     f"{split}.{{{','.join(PT_SUFFIXES)}}})")
-    lines = {s: _read_lines(paths[s]) for s in ("gloss", "text", "files")}
-    with paths["skels"].open() as f:  # count first: PHOENIX's train.skels is ~1 GB of text
+    lines = {s: [line for _, line in _text_lines(paths[s])] for s in ("gloss", "text", "files")}
+    with paths["skels"].open("rb") as f:  # count first: PHOENIX's train.skels is ~1 GB of text
         counts = {s: len(v) for s, v in lines.items()} | {"skels": sum(1 for _ in f)}
     if len(set(counts.values())) != 1:
         detail = ", ".join(f"{paths[s].name}: {n}" for s, n in counts.items())
         raise ValueError(f"{pt_dir}: line counts disagree ({detail})")
     samples, skipped = [], []
-    with paths["skels"].open() as f:
-        for i, (name, gloss, text, skel) in enumerate(zip(lines["files"], lines["gloss"],
-                                                          lines["text"], f)):
-            try:
-                poses = parse_skels_line(skel, f"{paths['skels']} line {i + 1} (sample {name!r})")
-            except ValueError as err:
-                if on_bad_sample == "raise":
-                    raise
-                skipped.append((name, str(err)))
-                continue
-            samples.append({"name": name, "gloss": gloss.split(), "text": text.strip(),
-                            "poses": poses})
+    for (number, skel), name, gloss, text in zip(_text_lines(paths["skels"]), lines["files"], lines["gloss"],
+                                                 lines["text"]):
+        try:
+            for value in (name, gloss, text, skel):
+                if isinstance(value, ValueError):
+                    raise value
+            for suffix, value in (("files", name), ("gloss", gloss), ("text", text)):
+                if not value.strip():
+                    raise ValueError(f"{paths[suffix]} line {number}: empty {'name' if suffix == 'files' else suffix}")
+            poses = parse_skels_line(skel, f"{paths['skels']} line {number} (sample {name!r})")
+        except ValueError as err:
+            if on_bad_sample == "raise":
+                raise
+            skipped.append((name if isinstance(name, str) and name.strip() else f"{split} line {number}", str(err)))
+            continue
+        samples.append({"name": name, "gloss": gloss.split(), "text": text.strip(), "poses": poses})
     return samples, skipped

@@ -8,12 +8,15 @@ Batch keys are documented in ``datamodules/batches.py``. Datasets:
   through the same reader.
 
 Every split is parsed in ``setup``, so all errors surface before training: missing files and
-line counts that disagree across the four files always raise; a bad ``.skels`` line (value
-count not a multiple of 151, empty, non-numeric, NaN/inf) raises naming the file, line and
-sample, or with ``on_bad_sample="skip"`` is dropped, logged and counted in ``self.skipped``.
+line counts that disagree across the four files always raise; a bad sample (a ``.skels`` line
+whose value count is not a multiple of 151, empty, non-numeric, NaN/inf or whose counter column
+is not i/T, i.e. shifted; a line of any of the four files that is not UTF-8; an empty gloss,
+text or name) raises naming the file, line and sample, or with ``on_bad_sample="skip"`` is
+dropped, logged and counted in ``self.skipped``. The files are read as UTF-8 whatever the
+locale, a byte-order mark tolerated.
 As in PT (``max_sent_length``), training sequences longer than ``max_frames`` are dropped
 (counted in ``self.num_too_long``); dev/test keep every sequence. The counter column is
-dropped (it is i/T, recomputable from the mask).
+checked, then dropped (it is i/T, recomputable from the mask).
 
 The gloss vocabulary comes from ``load_gloss_vocab(gloss_vocab)`` in ``__init__`` (the
 production models take the same spec) and is saved as ``gloss_vocab.json`` in the trainer's

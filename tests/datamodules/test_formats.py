@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 import pickle
 from pathlib import Path
 
@@ -237,3 +239,69 @@ def test_real_label_files_counts():
             assert len(labels) == count
             assert all(isinstance(v["gloss"], list) and isinstance(v["text"], str)
                        for v in labels.values())
+
+
+# ------------------------------------------------------------------ PT text files: encoding, counter
+
+def _pt_lines(root: Path, split: str = "dev"):
+    seqs = [np.full((3, 50, 3), 0.1, np.float32), np.full((2, 50, 3), 0.2, np.float32)]
+    _write_pt(root, split, seqs, ["DRUCK TIEF", "MÜDE"], ["über tief", "müde"], [f"{split}/a", f"{split}/b"])
+
+
+def test_pt_text_is_utf8_whatever_the_locale_and_a_bom_is_dropped(tmp_path):
+    _pt_lines(tmp_path)
+    for suffix in ("gloss", "text", "files"):
+        path = tmp_path / f"dev.{suffix}"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows editors save UTF-8
+    probe = ("import sys; from datamodules.formats import read_pt_split\n"
+             "samples, _ = read_pt_split(sys.argv[1], 'dev')\n"
+             "print(repr([(s['name'], s['gloss'], s['text']) for s in samples]))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": "utf-8"}  # an ASCII locale: a locale-dependent open() fails on "Ü"
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True,
+                          encoding="utf-8", env=env, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == repr([("dev/a", ["DRUCK", "TIEF"], "über tief"), ("dev/b", ["MÜDE"], "müde")])
+
+
+@pytest.mark.parametrize("suffix", ["gloss", "text", "files", "skels"])
+def test_non_utf8_bytes_name_file_and_line_and_honour_skip(tmp_path, suffix):
+    _pt_lines(tmp_path)
+    path = tmp_path / f"dev.{suffix}"
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1][:4] + b"\xff\xfe" + lines[1][4:]  # second sample's line
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match=rf"dev\.{suffix} line 2: not UTF-8"):
+        read_pt_split(tmp_path, "dev")
+    samples, skipped = read_pt_split(tmp_path, "dev", on_bad_sample="skip")
+    assert [s["name"] for s in samples] == ["dev/a"] and len(skipped) == 1 and "line 2" in skipped[0][1]
+
+
+@pytest.mark.parametrize("suffix", ["gloss", "text", "files"])
+def test_empty_gloss_text_or_name_lines_are_bad_samples(tmp_path, suffix):
+    _pt_lines(tmp_path)
+    path = tmp_path / f"dev.{suffix}"
+    path.write_text(path.read_text(encoding="utf-8").split("\n")[0] + "\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"dev\.{suffix} line 2: empty"):
+        read_pt_split(tmp_path, "dev")
+    samples, skipped = read_pt_split(tmp_path, "dev", on_bad_sample="skip")
+    assert [s["name"] for s in samples] == ["dev/a"] and len(skipped) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(frames=st.integers(2, 40), shift=st.integers(1, 150), seed=st.integers(0, 2**16))
+def test_shifted_skels_columns_are_caught(tmp_path_factory, frames, shift, seed):
+    """Values dropped at the start and as many added at the end keep a multiple of 151 values;
+    the counter column then holds joint coordinates."""
+    path = tmp_path_factory.mktemp("skels") / "x.skels"
+    write_skels(path, [np.random.default_rng(seed).uniform(-0.5, 0.5, (frames, 50, 3))])
+    values = path.read_text().split()
+    path.write_text(" ".join(values[shift:] + ["0.1"] * shift) + "\n")
+    with pytest.raises(ValueError, match=r"x\.skels line 1: the counter column .* is not i/T"):
+        read_skels(path)
+
+
+def test_counter_rounded_like_pt_sample_data_is_accepted(tmp_path):
+    frames = np.concatenate([np.zeros((42, 150)), np.round(np.arange(42) / 42, 4)[:, None]], axis=1)
+    (tmp_path / "x.skels").write_text(" ".join(f"{v:.5f}" for v in frames.reshape(-1)) + "\n")
+    assert read_skels(tmp_path / "x.skels")[0].shape == (42, 50, 3)

@@ -86,6 +86,19 @@ def test_bad_skels_line_raise_or_skip(pt):
     assert [n for b in dm.val_dataloader() for n in b["name"]] == ["dev/clip-0", "dev/clip-2"]
 
 
+def test_an_empty_gloss_line_is_a_bad_sample_at_setup_not_in_training(pt):
+    pt_dir = pt[0]
+    lines = (pt_dir / "dev.gloss").read_text().splitlines()
+    lines[1] = ""  # sequential_knn_lengths would fail on it deep in a training step
+    (pt_dir / "dev.gloss").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"dev\.gloss line 2: empty gloss"):
+        _dm(pt_dir).setup("validate")
+    dm = _dm(pt_dir, on_bad_sample="skip")
+    dm.setup("validate")
+    assert dm.skipped == {"invalid": ["dev/clip-1"]}
+    assert all(len(gloss) > 0 for b in dm.val_dataloader() for gloss in b["gloss"])
+
+
 def test_vocab_saved_to_trainer_log_dir(pt, tmp_path):
     import lightning as L
 
