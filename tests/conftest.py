@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Tests never download: every Hugging Face load reads a cache (the tests build their own). Set
+# before huggingface_hub is imported (it reads these once); CLI subprocesses inherit them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # A seconds-sized Geo-Sign model, merged over a demo config by the CLI tests (the `model:` section).
