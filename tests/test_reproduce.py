@@ -96,7 +96,6 @@ def _run(args: list[str], standins) -> str:
 @pytest.mark.parametrize("config, released", [
     ("unisign_pose", "hf://ZechengLi19/Uni-Sign/csl_stage1_weight.pth"),
     ("geosign_token", "hf://fiskenai/Geo-Sign/pretraining.pth"),
-    ("phoenix2014t/geosign_pooled", "hf://ZechengLi19/Uni-Sign/csl_stage1_weight.pth"),
 ])
 def test_fine_tune_from_released_weights_then_evaluate(config, released, standins):
     out = _run(["fit", "--config", f"experiments/{config}.yaml"], standins)
@@ -113,3 +112,12 @@ def test_evaluate_the_released_geosign_model(standins):
                 "--model.init_args.init_from", "hf://fiskenai/Geo-Sign/best.pth"], standins)
     assert re.search(r"geosign weights hf://fiskenai/Geo-Sign/best\.pth \(.*\): \d+ tensors loaded", out), out[-3000:]
     assert "test/test/bleu4" in out
+
+
+def test_phoenix_run_starts_from_a_csl_daily_run(standins):
+    if not (standins[0] / "runs/geosign_token/checkpoints/last.ckpt").is_file():
+        _run(["fit", "--config", "experiments/geosign_token.yaml"], standins)
+    out = _run(["fit", "--config", "experiments/phoenix2014t/geosign_token.yaml",
+                "--model.init_args.init_from", "runs/geosign_token/checkpoints/last.ckpt"], standins)
+    assert re.search(r"signlab weights runs/geosign_token/checkpoints/last\.ckpt: \d+ tensors loaded", out), out[-3000:]
+    assert (standins[0] / "runs/phoenix2014t_geosign_token/checkpoints/last.ckpt").is_file()
