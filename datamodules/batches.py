@@ -21,7 +21,10 @@ Production (``GlossToPoseDataModule``; T frames, G glosses)
 
 With ``on_bad_sample="skip"`` a dataset returns a marker for an unreadable sample; the collate
 drops it and lists it under ``skipped`` (``[(name, reason, message)]``), which the DataModule
-pops in ``on_before_batch_transfer`` (main process, so counts survive worker processes).
+pops in ``on_before_batch_transfer`` (main process, so counts survive worker processes). A batch
+whose every sample was skipped becomes a marker batch (``ALL_SKIPPED``) that the DataModule's
+loaders leave out, counting it (``skipped_batches``); under DDP, where every rank must see the
+same number of batches, it raises instead.
 
 ``SplitDataModule`` holds what both DataModules share: SynthSign preparation, per-stage setup,
 sharded loaders and the skip count.
@@ -68,13 +71,18 @@ def record_skips(skipped: dict[str, list[str]], entries: Sequence[tuple[str, str
             log.warning("skipping sample %r (%s): %s", name, reason, message)
 
 
+ALL_SKIPPED = "all_skipped"  # the key of the marker batch a collate returns when every sample was skipped
+
+
 def _split_skipped(items: list[dict]) -> tuple[list[dict], list[tuple[str, str, str]]]:
     good = [it for it in items if "skipped" not in it]
     skipped = [it["skipped"] for it in items if "skipped" in it]
-    if not good:
-        detail = "; ".join(msg for _, _, msg in skipped)
-        raise BadSampleError(f"every sample in this batch is unreadable: {detail}")
     return good, skipped
+
+
+def all_skipped_batch(skipped: list[tuple[str, str, str]]) -> dict:
+    """What a collate returns for a batch of skip markers only; ``SkippingLoader`` leaves it out."""
+    return {ALL_SKIPPED: True, "skipped": skipped}
 
 
 def length_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -110,6 +118,8 @@ class TranslationCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         items, skipped = _split_skipped(items)
+        if not items:
+            return all_skipped_batch(skipped)
         batch = {}
         # one concatenation of all 69 nodes, then each part gathered from it straight into its
         # padded batch tensor: no padded 69-node copy to cut up again
@@ -133,6 +143,8 @@ class TranslationCollate:
 def collate_production(items: list[dict]) -> dict:
     """Items -> production batch (see module docstring)."""
     items, skipped = _split_skipped(items)
+    if not items:
+        return all_skipped_batch(skipped)
     poses, pose_mask = pad_zeros([it["poses"] for it in items])
     gloss_ids, gloss_mask = pad_zeros([it["gloss_ids"] for it in items])
     batch = {"poses": poses, "pose_mask": pose_mask, "gloss_ids": gloss_ids, "gloss_mask": gloss_mask,
@@ -225,7 +237,26 @@ class _DeferredIterator:
         return next(self._iterator)
 
 
-class ResumableLoader(DataLoader):
+class SkippingLoader(DataLoader):
+    """A DataLoader that leaves out the marker batches of samples that were all skipped, handing
+    their skip entries to ``on_empty`` (which records and counts them, or raises)."""
+
+    def __init__(self, *args, on_empty: Callable[[list], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_empty = on_empty
+
+    def __iter__(self):
+        return self._without_empty(DataLoader.__iter__(self))
+
+    def _without_empty(self, batches):
+        for batch in batches:
+            if isinstance(batch, dict) and batch.get(ALL_SKIPPED):
+                self.on_empty(batch["skipped"])
+                continue
+            yield batch
+
+
+class ResumableLoader(SkippingLoader):
     """A training DataLoader that resumes at the first batch the trainer did not finish.
 
     Its position inside the epoch is the trainer's own count of finished batches
@@ -238,21 +269,27 @@ class ResumableLoader(DataLoader):
     workers, building it already draws sampler indices), and the workers' base seed is drawn
     from the global RNG at the same point of every epoch, resumed or not (``draw_epoch_seed``).
 
+    Batches left out because every sample was skipped are not in the trainer's count:
+    ``dropped_fn(consumed)`` says how many of them came before its position (restored with the
+    checkpoint after a mid-epoch resume), and the sampler skips those too.
+
     ``state_dict`` records the position in the checkpoint (and marks the loader resumable for
     Lightning); ``load_state_dict`` only checks it against the trainer's restored count.
     """
 
-    def __init__(self, *args, consumed_fn: Callable[[], int], **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, consumed_fn: Callable[[], int], dropped_fn: Callable[[int], int] = lambda consumed: 0,
+                 on_empty: Callable[[list], None] = lambda skipped: None, **kwargs):
+        super().__init__(*args, on_empty=on_empty, **kwargs)
         if not isinstance(self.sampler, ShardSampler):
             raise TypeError(f"ResumableLoader needs a ShardSampler, got {type(self.sampler).__name__}")
-        self.consumed_fn = consumed_fn
+        self.consumed_fn, self.dropped_fn = consumed_fn, dropped_fn
 
     def __iter__(self):
         def start():
-            self.sampler.skip(self.consumed_fn() * self.batch_size)
+            consumed = self.consumed_fn()
+            self.sampler.skip((consumed + self.dropped_fn(consumed)) * self.batch_size)
             self.generator = torch.Generator().manual_seed(draw_epoch_seed())  # DataLoader draws from it
-            return DataLoader.__iter__(self)
+            return SkippingLoader.__iter__(self)
 
         return _DeferredIterator(start)
 
@@ -284,6 +321,9 @@ class SplitDataModule(L.LightningDataModule):
         super().__init__()
         self.skipped: dict[str, list[str]] = {}
         self.datasets: dict[str, Dataset] = {}
+        self.skipped_batches = 0  # batches left out because every sample in them was skipped
+        self._epoch_dropped = 0  # ... of them in the current training epoch (saved with checkpoints)
+        self._restored_dropped = 0
 
     def prepare_data(self) -> None:
         if self.dataset == "synthsign":
@@ -312,9 +352,40 @@ class SplitDataModule(L.LightningDataModule):
         data = self.datasets[split]
         options = dict(batch_size=self.batch_size, collate_fn=self.collate_fn, num_workers=self.num_workers)
         if split != "train":
-            return DataLoader(data, sampler=ShardSampler(len(data), shuffle=False), **options)
+            return SkippingLoader(data, sampler=ShardSampler(len(data), shuffle=False),
+                                  on_empty=self._empty_batch, **options)
         sampler = ShardSampler(len(data), shuffle=True, seed=self.seed, epoch_fn=self._current_epoch)
-        return ResumableLoader(data, sampler=sampler, consumed_fn=self._consumed_batches, **options)
+        return ResumableLoader(data, sampler=sampler, consumed_fn=self._consumed_batches,
+                               dropped_fn=self._dropped_before, on_empty=self._empty_train_batch, **options)
+
+    def _empty_batch(self, skipped: list[tuple[str, str, str]]) -> None:
+        """A batch whose every sample was skipped: recorded and counted, or an error under DDP."""
+        if rank_and_world()[1] > 1:  # leaving it out would desynchronise the ranks' batch counts
+            detail = "; ".join(message for _, _, message in skipped)
+            raise BadSampleError(f"every sample in this batch is unreadable (a batch cannot be left out "
+                                 f"under DDP): {detail}")
+        record_skips(self.skipped, skipped)
+        self.skipped_batches += 1
+        log.warning("left out a batch whose %d samples were all skipped (%d such batches so far)",
+                    len(skipped), self.skipped_batches)
+
+    def _empty_train_batch(self, skipped: list[tuple[str, str, str]]) -> None:
+        self._empty_batch(skipped)
+        self._epoch_dropped += 1
+
+    def _dropped_before(self, consumed: int) -> int:
+        """Asked as a training epoch starts: how many left-out batches precede the trainer's position,
+        the checkpoint's count after a mid-epoch resume, else 0 (a new epoch)."""
+        restored, self._restored_dropped = self._restored_dropped, 0
+        self._epoch_dropped = restored if consumed else 0
+        return self._epoch_dropped
+
+    def state_dict(self) -> dict[str, int]:
+        return {"dropped_batches": self._epoch_dropped, "skipped_batches": self.skipped_batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._restored_dropped = int(state.get("dropped_batches", 0))
+        self.skipped_batches = int(state.get("skipped_batches", 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -176,12 +176,16 @@ class NonFiniteGuard(Callback):
 class BadSampleReport(Callback):
     """Prints the skipped samples by reason when fit ends (each rank its own shard's).
 
-    Reads `datamodule.skipped` (reason -> names), which `on_bad_sample="skip"` DataModules fill.
+    Reads `datamodule.skipped` (reason -> names), which `on_bad_sample="skip"` DataModules fill, and
+    `datamodule.skipped_batches` (batches left out because every sample in them was bad).
     """
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         skipped = getattr(trainer.datamodule, "skipped", None) if trainer.datamodule is not None else None
         if skipped:
             total = sum(len(v) for v in skipped.values())
+            batches = getattr(trainer.datamodule, "skipped_batches", 0)
+            left_out = f" ({batches} batches of only bad samples left out)" if batches else ""
             lines = [f"  {reason}: {', '.join(sorted(names))}" for reason, names in sorted(skipped.items())]
-            print(f"rank {trainer.global_rank}: skipped {total} bad samples:\n" + "\n".join(lines), flush=True)
+            print(f"rank {trainer.global_rank}: skipped {total} bad samples{left_out}:\n" + "\n".join(lines),
+                  flush=True)
