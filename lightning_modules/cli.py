@@ -13,6 +13,12 @@ What differs from plain LightningCLI, and why:
   folder when nothing is there; Lightning would warn and silently train from scratch.
   `--ckpt_path best` resolves to the run's best checkpoint by the monitored metric, as recorded in
   `last.ckpt` (Lightning's `best` only works in the process that trained).
+  `--ckpt_path last_good` is the newest checkpoint of the folder that passes its checksum and
+  loads as data: the explicit fallback when `last.ckpt` is damaged (never taken silently).
+- Checkpoints are data (`checkpoint_io.py`): every load, the W&B-id lookup included, is
+  `weights_only=True` after a checksum check; an unsafe or damaged file stops the run naming it.
+- One writer per run folder: `fit` holds an `flock` on `<run>/fit.lock`; a second `fit` in the
+  same folder stops at once, naming the PID of the one that holds it.
 - The resolved config is overwritten on a second run in the same folder (Lightning #7679 makes
   that an error) and is also sent to the W&B run config (Lightning #14628).
 - `WANDB_MODE` from the environment wins over a YAML's `offline: true`.
@@ -46,7 +52,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_modules.callbacks import WANDB_ID_FILE, BadSampleReport, NonFiniteGuard, ResumeState
-from lightning_modules.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint, load_checkpoint_file
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIRNAME = "checkpoints"
 LOCK_FILE = "fit.lock"  # in the run folder; holds the PID of the fit that has it locked
@@ -99,6 +107,21 @@ def resolve_last_checkpoint(run_dir: str | os.PathLike) -> str:
             "--ckpt_path to start a new run, or point trainer.default_root_dir at the run to resume."
         )
     return str(candidates[-1])
+
+
+def resolve_last_good_checkpoint(run_dir: str | os.PathLike) -> str:
+    """The newest checkpoint in the run's folder that passes its checksum and loads weights-only
+    (each one passed over is logged with its reason); an error naming the folder if none does."""
+    folder = checkpoint_dir(run_dir)
+    for path in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            check_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("--ckpt_path last_good: passing over %s", err)
+            continue
+        return str(path)
+    raise FileNotFoundError(f"--ckpt_path last_good: no checkpoint in {folder.resolve()} passes its checksum "
+                            "and loads as data")
 
 
 def resolve_best_checkpoint(run_dir: str | os.PathLike) -> str:
@@ -212,7 +235,8 @@ class SignLabCLI(LightningCLI):
 
     def _resolve_ckpt_path(self) -> None:
         config = self.config_init[self.subcommand]
-        resolve = {"last": resolve_last_checkpoint, "best": resolve_best_checkpoint}.get(config.get("ckpt_path"))
+        resolve = {"last": resolve_last_checkpoint, "best": resolve_best_checkpoint,
+                   "last_good": resolve_last_good_checkpoint}.get(config.get("ckpt_path"))
         if resolve is not None:
             config["ckpt_path"] = resolve(self.trainer.default_root_dir)
         if config.get("ckpt_path") and hasattr(self.model, "init_from_done"):

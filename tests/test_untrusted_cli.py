@@ -88,3 +88,25 @@ def test_a_second_fit_in_a_busy_run_folder_stops_naming_the_pid(tmp_path):
     assert proc.returncode != 0
     assert f"is in use by another fit (PID {os.getpid()})" in proc.stderr
     assert not (run_dir / "checkpoints").exists()  # it stopped before writing anything
+
+
+def test_last_good_is_the_newest_checkpoint_that_verifies_and_only_when_asked(tmp_path):
+    from lightning_modules.cli import resolve_last_checkpoint, resolve_last_good_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    good = folder / "epoch=0-step=8.ckpt"
+    atomic_torch_save({"global_step": 8}, good)
+    evil = evil_checkpoint(folder / "epoch=1-step=16.ckpt", tmp_path / "pwned")
+    last = folder / "last.ckpt"
+    atomic_torch_save({"global_step": 20}, last)
+    raw = bytearray(last.read_bytes())
+    raw[100] ^= 1
+    last.write_bytes(bytes(raw))
+    for age, path in enumerate((last, evil, good)):  # last is the newest
+        os.utime(path, (1e9 - age, 1e9 - age))
+    assert resolve_last_checkpoint(tmp_path) == str(last)  # `last` never falls back by itself
+    assert resolve_last_good_checkpoint(tmp_path) == str(good)
+    good.unlink()
+    with pytest.raises(FileNotFoundError, match="last_good: no checkpoint in .*checkpoints passes"):
+        resolve_last_good_checkpoint(tmp_path)
+    assert not (tmp_path / "pwned").exists()
