@@ -107,6 +107,20 @@ def plain_checkpoint(obj: Any, where: str = "checkpoint") -> Any:
                     "weights_only=True")
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through (no second read of a big file)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to `path` via temp file + checksum trailer + fsync + rename + folder fsync."""
     path = Path(path)
@@ -116,13 +130,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     # the user's umask, unlike mkstemp's 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb+") as f:
-            torch.save(obj, f)
-            size = f.tell()
-            f.flush()
-            f.seek(0)
-            digest = _sha256(f, size)  # read back from the page cache
-            f.write(TRAILER_MAGIC + digest)
+        with open(tmp, "xb") as f:
+            writer = _HashingWriter(f)
+            torch.save(obj, writer)  # torch's zip writer only appends, so the digest is of the file's bytes
+            f.write(TRAILER_MAGIC + writer.digest.digest())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
