@@ -66,15 +66,8 @@ class ResumeState(Callback):
     the checkpoint loads: between the two, Lightning builds the training iterator, and a
     DataLoader draws its base seed from the global torch RNG, which the uninterrupted run did
     at the start of the epoch. A checkpoint written after an epoch's last batch (at validation
-    end, the usual `last.ckpt`, or a step checkpoint on that batch) comes before the next epoch's
-    draw, so after restoring such a state the draw is replayed (`draw_epoch_seed`), as the
-    uninterrupted run makes it next.
-
-    Validation during fit leaves the training run's random streams where it found them: the
-    states after the last training batch are put back when it ends. Otherwise what it draws
-    (the evaluation loader's seed, a sampler's noise) would be missing from a run resumed from a
-    checkpoint written before it (a step checkpoint on an epoch's last batch, then a crash in
-    validation: Lightning does not rerun that validation).
+    end, the usual `last.ckpt`) comes before the next epoch's draw, so after restoring such a
+    state the draw is replayed (`draw_epoch_seed`), as the uninterrupted run makes it next.
     """
 
     def __init__(self) -> None:
@@ -82,7 +75,6 @@ class ResumeState(Callback):
         self._pending_rng: dict[str, Any] | None = None
         self._epoch_finished = False  # the last training batch seen ended its epoch
         self._replay_epoch_draw = False
-        self._after_batch: dict[str, Any] | None = None  # RNG states after the last training batch
 
     @property
     def state_key(self) -> str:
@@ -119,13 +111,6 @@ class ResumeState(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._epoch_finished = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-        self._after_batch = rng_state()  # a few microseconds; validation may follow this batch
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Runs before ModelCheckpoint's save at validation end (Lightning calls checkpoint
-        # callbacks last), so that checkpoint holds the states validation found, too.
-        if self._after_batch is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
-            set_rng_state(self._after_batch)
 
 
 # ------------------------------------------------------------------------------ NaN/inf steps

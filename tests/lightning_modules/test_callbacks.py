@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.callbacks import NonFiniteGuard, ResumeState, grads_finite, rng_state, set_rng_state
@@ -44,50 +43,6 @@ def test_resume_state_restores_rng_at_the_first_training_batch_not_at_load():
     torch.manual_seed(5)
     callback.on_train_batch_start(None, None, None, 1)  # applied once only
     assert not torch.equal(torch.rand(4), expected)
-
-
-class _Killed(Exception):
-    pass
-
-
-class _Draws(Callback):
-    """Records a global-RNG draw at every training batch (as dropout would); can die in validation."""
-
-    def __init__(self, crash_in_validation: bool = False):
-        self.draws: list[tuple[int, int, float]] = []
-        self.crash_in_validation = crash_in_validation
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.draws.append((trainer.current_epoch, batch_idx, torch.rand(1).item()))
-
-    def on_validation_start(self, trainer, pl_module):
-        torch.rand(5)  # validation draws too (a sampler's noise)
-        if self.crash_in_validation:
-            raise _Killed("killed in validation")
-
-
-def test_resume_from_a_step_checkpoint_on_an_epochs_last_batch_replays_exactly(tmp_path):
-    """A step checkpoint written on an epoch's last batch, then a crash in the validation after it:
-    the resumed run (Lightning does not rerun that validation) draws what the uninterrupted one does."""
-    from tests.cli_fixtures.tiny import TinyData, TinyRegressor
-
-    def fit(root, crash=False, ckpt_path=None):
-        draws = _Draws(crash)
-        trainer = Trainer(default_root_dir=root, max_epochs=2, logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
-                          callbacks=[ResumeState(), draws, ModelCheckpoint(dirpath=root, every_n_train_steps=8,
-                                                                         save_top_k=-1, filename="{step}")])
-        torch.manual_seed(0)
-        try:
-            trainer.fit(TinyRegressor(), TinyData(), ckpt_path=ckpt_path)  # 8 batches per epoch
-        except _Killed:
-            pass
-        return draws.draws
-
-    uninterrupted = fit(tmp_path / "a")
-    fit(tmp_path / "b", crash=True)
-    resumed = fit(tmp_path / "c", ckpt_path=tmp_path / "b" / "step=8.ckpt")
-    assert resumed == [d for d in uninterrupted if d[0] == 1] and len(resumed) == 8
 
 
 def test_grads_finite():
