@@ -87,7 +87,8 @@ class HyperbolicBranch(nn.Module):
         """part_features {p: (B, T, part_dim)}, decoder_hidden (B, L, text_dim) -> (L_hyp, logs)."""
         c = self.curvature()
         h_parts = self.part_embeddings(part_features, frame_mask)  # (B, P, D)
-        logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, dist0(h_parts, c).mean(0).unbind())}
+        with torch.no_grad():  # logged diagnostics only: no graph to record
+            logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, dist0(h_parts, c).mean(0).unbind())}
         if self.mode == "pooled":
             w = frechet_weights(h_parts, c, dim=1, temperature=self.frechet_temperature)  # (B, P)
             kwargs = {} if self.frechet_iters is None else {"iters": self.frechet_iters}

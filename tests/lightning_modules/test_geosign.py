@@ -192,3 +192,24 @@ def test_compile_hyperbolic_compiles_in_place_and_keeps_checkpoint_keys():
     plain, compiled = tiny_model("token"), tiny_model("token", compile_hyperbolic=True)
     assert compiled.hyperbolic._compiled_call_impl is not None and plain.hyperbolic._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+def test_branch_diagnostics_are_logged_on_the_loggers_steps_only(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = tiny_model("pooled", warmup_epochs=0)
+    calls: list[set[str]] = []
+    log_dict = model.log_dict
+    monkeypatch.setattr(model, "log_dict", lambda metrics, **kw: (calls.append(set(metrics)), log_dict(metrics, **kw)))
+    trainer = Trainer(max_steps=6, log_every_n_steps=3, logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                      enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      default_root_dir=tmp_path)
+    trainer.fit(model, DataLoader([random_batch(seed=i) for i in range(6)], batch_size=None))
+    diagnostics = {"train/loss_hyp", "hyp/curvature", "hyp/tau", "hyp/pos_dist", "hyp/dist0_face"}
+    assert len(calls) == 6
+    for step, keys in enumerate(calls):
+        assert {"train/loss", "train/loss_ce", "hyp/alpha"} <= keys, step  # every step (callback_metrics)
+        assert (diagnostics <= keys) == (step % 3 == 2), (step, keys)  # only when the logger writes
+    rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "hyp/curvature" in rows[0]  # header + steps 2 and 5, every column filled
+    assert all(cell != "" for row in rows[1:] for cell in row.split(","))
