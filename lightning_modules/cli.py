@@ -83,6 +83,29 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_if_stale(trainer)
 
 
+def validation_follows(trainer: Trainer) -> bool:
+    """True on a training batch that ends an epoch whose validation runs next (Lightning's own test,
+    with which ModelCheckpoint defers a monitored save to validation end)."""
+    if not (trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and trainer.enable_validation):
+        return False
+    batches = trainer.num_val_batches
+    every = trainer.check_val_every_n_epoch
+    return bool(sum(batches) if isinstance(batches, list) else batches) and (
+        every is None or (trainer.current_epoch + 1) % every == 0)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """The mid-epoch `last.ckpt` saves, except on a batch that ends an epoch whose validation runs
+    next. The validation-end `last.ckpt` follows at once there, and a checkpoint from before that
+    validation cannot resume exactly if the run dies in it: Lightning does not rerun it, so the
+    random draws it made (its loader's seed, a sampler's noise) would be missing. The previous step
+    checkpoint resumes exactly instead."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not validation_follows(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 class SaveConfigToRun(SaveConfigCallback):
     """Writes `<run>/config.yaml` (overwriting) and sends the resolved config to W&B."""
 
@@ -193,7 +216,7 @@ class SignLabCLI(LightningCLI):
                              "checkpoint.enable_version_counter": False})
         # A second, unmonitored checkpoint only refreshes `last.ckpt` every N optimizer steps, so a
         # crash mid-epoch resumes from there (the monitored one saves at validation only).
-        parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
         parser.set_defaults({"step_checkpoint.every_n_train_steps": STEP_CHECKPOINT_EVERY,
                              "step_checkpoint.save_top_k": 0, "step_checkpoint.save_last": True,
                              "step_checkpoint.enable_version_counter": False})

@@ -114,3 +114,22 @@ def test_overriding_the_run_folder_moves_everything_interpolated_from_it(tmp_pat
     config = yaml.safe_load(proc.stdout)
     assert config["trainer"]["default_root_dir"] == "runs/elsewhere"
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == "runs/elsewhere"
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_no_step_checkpoint_on_a_batch_that_validation_follows(tmp_path, validate):
+    """A checkpoint from before an epoch-end validation cannot resume exactly if the run dies in
+    that validation (Lightning does not rerun it): the step checkpoint leaves that batch to the
+    validation-end `last.ckpt`, and the previous step checkpoint is the exact fallback."""
+    from lightning.pytorch import Trainer
+
+    from lightning_modules.cli import StepCheckpoint
+    from tests.cli_fixtures.tiny import TinyData, TinyRegressor
+
+    step = StepCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=2, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=[step],
+                      limit_val_batches=1.0 if validate else 0)
+    trainer.fit(TinyRegressor(), TinyData())  # 8 batches per epoch
+    saved = sorted(int(p.stem.split("=")[1]) for p in tmp_path.glob("step=*.ckpt"))
+    assert saved == ([4, 12] if validate else [4, 8, 12, 16])
