@@ -2,17 +2,22 @@
 
 Plain script: ``python benchmarks/hyperbolic_overhead.py [--quick] [--compile] [--out DIR]``.
 
-1. Full training steps (forward + backward + both optimisers, through a Lightning Trainer
-   exactly as ``lightning fit`` runs them) of ``GeoSignTranslator`` with ``hyperbolic`` pooled
-   and token against the Uni-Sign baseline (the same model with the branch switched off), at
-   three configurations:
-   ``issue`` (the issue's measurement: batch 8, 64 frames, 20 text tokens, hyp_dim 256, a
-   128-wide 2+2-layer mT5), ``demo`` (experiments/demo/*.yaml) and ``paper`` (the paper's
-   hyperbolic shapes, Table 3 / F.1.1: batch 8, 4 parts, hyp_dim 256, 100 text tokens, LM width
-   768; the mT5 keeps 2+2 layers so a CPU step stays seconds, not minutes). Branch on and off
-   take turns round by round so a burst of load on the shared box hits both alike; the ratio is
-   taken round by round (its median and quartiles are reported). Goal: pooled and token within
-   1.05x of the baseline.
+1. Full training steps (forward + backward + both optimisers, through a Lightning Trainer with
+   the YAML's trainer settings, the CLI's NonFiniteGuard and a CSV logger writing every
+   ``log_every_n_steps``) of ``GeoSignTranslator`` with ``hyperbolic`` pooled and token against
+   the Uni-Sign baseline (the same model with the branch switched off), at the configurations
+   the experiment YAMLs define (``yaml_config``):
+   ``demo``: ``experiments/demo/geosign_{pooled,token}.yaml`` exactly (model init_args, trainer
+   settings) on the first training batch of the YAML's own SynthSign DataModule (batch 8,
+   ``max_len`` 32 frames); ``paper``: ``experiments/geosign_{pooled,token}.yaml``'s model section
+   (ST-GCN widths, hyp_dim 256, Table 3 values) with a random mT5-base-width LM of 2+2 layers
+   instead of 12+12 (no weights are downloaded, and a CPU step stays seconds) and the
+   synthsign-zh vocabulary, on a random batch of the YAML's shapes (batch 8, ``max_len`` 256
+   frames, ``max_target_len`` text tokens), in float32 (the YAML's bf16-mixed is
+   ``benchmarks/gpu.py``'s). Each mode runs with ``compile_hyperbolic`` off and, with
+   ``--compile``, on. Branch on and off take turns round by round so a burst of load on the
+   shared box hits both alike; the ratio is taken round by round (its median and quartiles are
+   reported). Goal: pooled and token within 1.05x of the baseline.
 2. The hyperbolic branch alone (``HyperbolicBranch`` forward + backward at the paper shapes)
    against the same computation written with ``benchmarks/geoopt_reference.py`` (listings
    4-8 on geoopt: the 50-iteration Fréchet mean with its per-step convergence check, broadcast
@@ -23,12 +28,13 @@ Plain script: ``python benchmarks/hyperbolic_overhead.py [--quick] [--compile] [
    half. ``--compile`` adds ``torch.compile`` (inductor) of our branch; its one-off compile time
    is reported.
 
-Prints two tables, writes ``hyperbolic_overhead.json``.
+Prints two tables, writes ``benchmarks/results/hyperbolic_overhead.json``.
 """
 from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import sys
 import time
 import warnings
@@ -38,6 +44,8 @@ from typing import Callable, Iterator
 
 import lightning as L
 import torch
+import yaml
+from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,23 +54,80 @@ from benchmarks import geoopt_reference as listing  # noqa: E402
 from benchmarks.common import median_time, parse_args, print_table, timed, write_results  # noqa: E402
 from datamodules.batches import length_mask  # noqa: E402
 from datamodules.keypoints import PART_NAMES, PART_NODES  # noqa: E402
+from lightning_modules.callbacks import NonFiniteGuard  # noqa: E402
 from lightning_modules.geosign import GeoSignTranslator  # noqa: E402
 from lightning_modules.hyperbolic_branch import HyperbolicBranch, masked_mean  # noqa: E402
 
 MODES = ("pooled", "token")
-PAPER_ENCODER = {"hidden": [64, 64, 128, 256]}  # ST-GCN widths, part_dim 256 (supplement C.1)
-CONFIGS = {
-    "issue": dict(batch=8, frames=64, tokens=20, hyp_dim=256, encoder=PAPER_ENCODER,
-                  mt5=dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32)),
-    "demo": dict(batch=16, frames=128, tokens=20, hyp_dim=64, encoder={"hidden": [32, 32, 64, 64], "temporal_blocks": 2},
-                 mt5=dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32)),
-    # mT5-base width and heads (d_model 768, d_ff 2048, 12 heads of 64), 2+2 layers instead of 12+12
-    "paper": dict(batch=8, frames=64, tokens=100, hyp_dim=256, encoder=PAPER_ENCODER,
-                  mt5=dict(d_model=768, d_ff=2048, num_layers=2, num_decoder_layers=2, num_heads=12, d_kv=64)),
-}
+REPO = Path(__file__).resolve().parents[1]
+# the YAMLs of each configuration: baseline first, then the two modes (identical but for `hyperbolic`)
+YAMLS = {"demo": {m: REPO / "experiments" / "demo" / f"{n}.yaml"
+                  for m, n in (("baseline", "unisign_pose"), ("pooled", "geosign_pooled"), ("token", "geosign_token"))},
+         "paper": {m: REPO / "experiments" / f"{n}.yaml"
+                   for m, n in (("baseline", "unisign_pose"), ("pooled", "geosign_pooled"), ("token", "geosign_token"))}}
+# the paper's LM is mT5-base (d_model 768, d_ff 2048, 12 heads of 64); 2+2 layers instead of 12+12
+PAPER_MT5 = dict(d_model=768, d_ff=2048, num_layers=2, num_decoder_layers=2, num_heads=12, d_kv=64)
+PAPER_ENCODER = {"hidden": [64, 64, 128, 256]}  # PoseEncoder's defaults: ST-GCN widths, part_dim 256 (supplement C.1)
 QUICK = {"quick": dict(batch=2, frames=8, tokens=5, hyp_dim=16, encoder={"hidden": [8, 8, 16], "temporal_blocks": 1},
-                       mt5=dict(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16))}
+                       mt5=dict(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16),
+                       init_args={}, trainer={})}
 VOCAB = 210  # synthsign-zh's size: target ids are drawn below it
+TRAINER_KEYS = ("gradient_clip_val", "accumulate_grad_batches", "log_every_n_steps")  # precision: float32 here
+LM_SETUP_KEYS = ("tokenizer", "mt5_pretrained", "mt5_config", "hyperbolic", "compile_hyperbolic", "init_from")
+NETWORK_KEYS = ("mt5_pretrained", "mt5_config", "encoder")
+
+
+def yaml_config(name: str) -> dict:
+    """The ``name`` configuration ("demo" or "paper") from its YAMLs: the Geo-Sign model init_args
+    (checked equal across baseline, pooled and token but for ``hyperbolic``), the trainer
+    settings that shape a step, and the batch shape (data section: batch_size, max_len frames,
+    max_target_len tokens). "paper" swaps the pretrained mT5-base for ``PAPER_MT5`` (random
+    weights, synthsign-zh tokenizer)."""
+    docs = {mode: yaml.safe_load(path.read_text()) for mode, path in YAMLS[name].items()}
+    args = {mode: dict(doc["model"]["init_args"]) for mode, doc in docs.items()}
+    # pooled and token agree but for `hyperbolic`; the baseline (timed as the pooled model with its
+    # branch off) has the same network (the paper's Uni-Sign YAML keeps Uni-Sign's own optimiser
+    # settings and weights, which do not change a step's work)
+    same = lambda a, b, keys: all(a.get(k) == b.get(k) for k in keys)  # noqa: E731
+    everything = set(args["pooled"]) | set(args["token"])
+    if not same(args["pooled"], args["token"], everything - {"hyperbolic"}) or args["token"]["hyperbolic"] != "token" \
+            or args["pooled"]["hyperbolic"] != "pooled" or args["baseline"].get("hyperbolic") is not None \
+            or not same(args["pooled"], args["baseline"], NETWORK_KEYS):
+        raise ValueError(f"{name}: the YAMLs {[str(p) for p in YAMLS[name].values()]} differ beyond `hyperbolic`")
+    init_args = {k: v for k, v in args["pooled"].items() if k not in LM_SETUP_KEYS}
+    data = docs["pooled"]["data"]["init_args"]
+    mt5 = args["pooled"].get("mt5_config") or PAPER_MT5
+    return {"yamls": {mode: str(path.relative_to(REPO)) for mode, path in YAMLS[name].items()},
+            "batch": data.get("batch_size", 8), "frames": data.get("max_len", 256),
+            "tokens": data.get("max_target_len", 64), "hyp_dim": init_args.get("hyp_dim", 256),
+            "encoder": init_args.pop("encoder", None) or PAPER_ENCODER, "mt5": mt5,
+            "mt5_is_paper_lm": "mt5_config" not in args["pooled"], "init_args": init_args,
+            # timed per optimizer step without accumulation: the paper's 8 micro-batches per step
+            # would share one (Riemannian) optimiser step and only shrink the branch's share
+            "trainer": {k: docs["pooled"]["trainer"][k] for k in TRAINER_KEYS if k in docs["pooled"]["trainer"]}
+            | {"accumulate_grad_batches": 1},
+            "data": data if name == "demo" else None}
+
+
+def demo_batch(cfg: dict) -> dict:
+    """The first training batch of the config's own SynthSign DataModule (generated on first use
+    under the repository's data/, as ``lightning fit`` does; main process)."""
+    from datamodules.translation import SignTranslationDataModule
+
+    data = {k: v for k, v in cfg["data"].items() if not (isinstance(v, str) and v.startswith("${"))}
+    data |= {"tokenizer": "synthsign-zh", "language": "zh", "num_workers": 0,
+             "data_dir": str(REPO / data["data_dir"])}
+    dm = SignTranslationDataModule(**data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def build_model(cfg: dict, mode: str, compile_branch: bool = False) -> GeoSignTranslator:
+    torch.manual_seed(0)
+    init_args = {k: v for k, v in cfg["init_args"].items() if k != "hyp_dim"}
+    return GeoSignTranslator(mt5_config=cfg["mt5"], encoder=cfg["encoder"], hyperbolic=mode, hyp_dim=cfg["hyp_dim"],
+                             compile_hyperbolic=compile_branch, **init_args)
 
 
 def make_batch(cfg: dict, seed: int = 0) -> dict:
@@ -95,13 +160,18 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def fit_steps(model: GeoSignTranslator, batch: dict, steps: int) -> list[float]:
-    """Run ``steps`` training steps on ``batch`` through a Trainer; their wall times."""
+def fit_steps(model: GeoSignTranslator, batch: dict, steps: int, trainer_args: dict | None = None) -> list[float]:
+    """Run ``steps`` training steps on ``batch`` through a Trainer with ``trainer_args`` (the YAML's
+    gradient clipping, accumulation, log interval), the CLI's NonFiniteGuard and a CSV logger (in
+    a temporary folder); their wall times."""
     timer = StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, callbacks=[timer],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0)
-    trainer.fit(model, torch.utils.data.DataLoader([batch] * steps, batch_size=None))
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=CSVLogger(logs),
+                            callbacks=[timer, NonFiniteGuard()], enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, default_root_dir=logs, **(trainer_args or {}))
+        trainer.fit(model, torch.utils.data.DataLoader([batch] * steps * trainer.accumulate_grad_batches,
+                                                       batch_size=None))
     return timer.times
 
 
@@ -125,34 +195,41 @@ def median_quartiles(ratios: list[float]) -> tuple[float, float, float]:
     return statistics.median(ratios), q1, q3
 
 
-def bench_steps(name: str, cfg: dict, rounds: int, steps: int) -> list[dict]:
+def bench_steps(name: str, cfg: dict, rounds: int, steps: int, compile_branch: bool = False) -> list[dict]:
     """Step time of pooled and token against the baseline. Each mode's model runs with its branch
     on and off (``branch_off``: exactly the baseline network), so the ratio compares the same
     weights and memory layout and only the branch differs. On and off take turns round by round,
     the order swapped every round (the first step of a fit is untimed: it pays the Trainer's
     set-up). The ratio is the median over rounds of on / off within the round, so load that
-    drifts over minutes cancels; the quartiles of the per-round ratios show the noise it sits in."""
-    batch = make_batch(cfg)
+    drifts over minutes cancels; the quartiles of the per-round ratios show the noise it sits in.
+    With ``compile_branch`` each mode also runs with ``compile_hyperbolic: true`` (its one-off
+    compile, in the untimed first fit, is recorded)."""
+    batch = demo_batch(cfg) if cfg.get("data") else make_batch(cfg)
+    shape = {"batch": int(batch["frame_mask"].shape[0]), "frames": int(batch["frame_mask"].shape[1]),
+             "tokens": int(batch["target_mask"].shape[1]), "hyp_dim": cfg["hyp_dim"], "lm_width": cfg["mt5"]["d_model"]}
     rows = []
-    for mode in MODES:
-        torch.manual_seed(0)
-        model = GeoSignTranslator(mt5_config=cfg["mt5"], encoder=cfg["encoder"], hyperbolic=mode,
-                                  hyp_dim=cfg["hyp_dim"])
+    for mode, compiled in ((m, c) for m in MODES for c in ((False, True) if compile_branch else (False,))):
+        model = build_model(cfg, mode, compiled)
         per_round = {True: [], False: []}  # branch on / off: median step of each round
 
         def run(on: bool, n: int) -> list[float]:
             with nullcontext() if on else branch_off(model):
-                return fit_steps(model, batch, n)
+                return fit_steps(model, batch, n, cfg["trainer"])
 
-        run(True, 1), run(False, 1)  # untimed: first-call allocations and lazy initialisation
+        first = time.perf_counter()
+        run(True, 1)  # untimed: first-call allocations, lazy initialisation, compiling
+        compile_s = time.perf_counter() - first if compiled else None
+        run(False, 1)
         for r in range(rounds):
             for on in (True, False) if r % 2 == 0 else (False, True):
                 per_round[on].append(statistics.median(run(on, steps + 1)[1:]))
         ratios = [on / off for on, off in zip(per_round[True], per_round[False])]
         ratio, q1, q3 = median_quartiles(ratios)
-        rows.append({"config": name, "mode": mode, "step_ms": 1e3 * statistics.median(per_round[True]),
+        rows.append({"config": name, "mode": mode, "compile_hyperbolic": compiled, **shape,
+                     "step_ms": 1e3 * statistics.median(per_round[True]),
                      "baseline_ms": 1e3 * statistics.median(per_round[False]), "ratio": ratio,
-                     "ratio_q1": q1, "ratio_q3": q3, "steps": rounds * steps})
+                     "ratio_q1": q1, "ratio_q3": q3, "ratios": ratios, "steps": rounds * steps,
+                     "first_fit_s": compile_s})
     return rows
 
 
@@ -261,24 +338,36 @@ def euclidean_maps(mode: str, part_dim: int, text_dim: int, hyp_dim: int, inputs
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv,
-                      {"compile": "also time torch.compile (inductor) of the branch; compiling takes minutes on CPU"})
+                      {"compile": "also time compile_hyperbolic (torch.compile, inductor); compiling takes minutes on CPU",
+                       "demo-only": "only the demo configuration's step rows (no paper steps, no branch table)"})
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one Trainer per round: no banners
     warnings.filterwarnings("ignore", module="lightning")
-    configs, rounds, steps, repeats = (QUICK, 1, 2, 2) if args.quick else (CONFIGS, 10, 3, 3)
-    step_rows = [row for name, cfg in configs.items() for row in bench_steps(name, cfg, rounds, steps)]
-    branch_cfg = next(iter(QUICK.values())) if args.quick else CONFIGS["paper"]
-    branch_rows = bench_branch(branch_cfg, rounds, repeats, args.compile)
+    if args.quick:
+        configs, rounds, steps, repeats = QUICK, 1, 2, 2
+    else:
+        names = ("demo",) if args.demo_only else ("demo", "paper")
+        configs, rounds, steps, repeats = {n: yaml_config(n) for n in names}, 10, 3, 3
+    step_rows = [row for name, cfg in configs.items()
+                 for row in bench_steps(name, cfg, rounds if name != "paper" else 6, steps if name != "paper" else 2,
+                                        args.compile)]
+    branch_cfg = next(iter(QUICK.values())) if args.quick else yaml_config("paper")
+    branch_rows = [] if args.demo_only else bench_branch(branch_cfg, rounds, repeats, args.compile)
     print_table(f"Training step (fwd + bwd + optimisers), torch threads {torch.get_num_threads()}, "
-                f"{rounds} rounds x {steps} steps, branch on and off; ratio: median of per-round ratios", step_rows,
-                [("config", "config", "s"), ("mode", "mode", "s"), ("step_ms", "ms/step", ".1f"),
-                 ("baseline_ms", "baseline ms", ".1f"), ("ratio", "x baseline", ".3f"), ("ratio_q1", "round q1", ".3f"), ("ratio_q3", "round q3", ".3f")])
-    print()
-    print_table(f"Hyperbolic branch alone, fwd + bwd, batch {branch_cfg['batch']}, {branch_cfg['tokens']} tokens, "
-                f"hyp_dim {branch_cfg['hyp_dim']}, text width {branch_cfg['mt5']['d_model']}", branch_rows,
-                [("precision", "precision", "s"), ("mode", "mode", "s"), ("variant", "variant", "s"), ("fwd_bwd_ms", "ms", ".2f"),
-                 ("speedup_vs_listings", "x vs listings", ".1f"), ("speedup_q1", "round q1", ".1f"),
-                 ("speedup_q3", "round q3", ".1f"), ("euclidean_ms", "shared Linear ms", ".2f"),
-                 ("geometry_speedup", "x geometry only", ".1f"), ("compile_s", "compile s", "")])
+                f"branch on and off alternating ({rounds} rounds x {steps} steps; paper 6 x 2); ratio: median of per-round ratios",
+                step_rows,
+                [("config", "config", "s"), ("mode", "mode", "s"), ("compile_hyperbolic", "compiled", ""),
+                 ("batch", "B", "d"), ("frames", "T", "d"), ("tokens", "L", "d"), ("hyp_dim", "hyp", "d"),
+                 ("lm_width", "LM", "d"), ("step_ms", "ms/step", ".1f"),
+                 ("baseline_ms", "baseline ms", ".1f"), ("ratio", "x baseline", ".3f"), ("ratio_q1", "round q1", ".3f"),
+                 ("ratio_q3", "round q3", ".3f")])
+    if branch_rows:
+        print()
+        print_table(f"Hyperbolic branch alone, fwd + bwd, batch {branch_cfg['batch']}, {branch_cfg['tokens']} tokens, "
+                    f"hyp_dim {branch_cfg['hyp_dim']}, text width {branch_cfg['mt5']['d_model']}", branch_rows,
+                    [("precision", "precision", "s"), ("mode", "mode", "s"), ("variant", "variant", "s"), ("fwd_bwd_ms", "ms", ".2f"),
+                     ("speedup_vs_listings", "x vs listings", ".1f"), ("speedup_q1", "round q1", ".1f"),
+                     ("speedup_q3", "round q3", ".1f"), ("euclidean_ms", "shared Linear ms", ".2f"),
+                     ("geometry_speedup", "x geometry only", ".1f"), ("compile_s", "compile s", "")])
     write_results("hyperbolic_overhead", args.out, {
         "quick": args.quick, "configs": configs, "rounds": rounds, "steps_per_round": steps, "repeats": repeats,
         "rows": step_rows, "branch_config": branch_cfg, "branch_rows": branch_rows})

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 from benchmarks import data_loading, hyperbolic_overhead, sampling
 from benchmarks.common import print_table
 from lightning_modules.geosign import GeoSignTranslator
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _machine_ok(machine: dict) -> None:
@@ -29,6 +32,10 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     assert set(rows) == {("quick", m) for m in ("pooled", "token")}
     for row in rows.values():
         assert row["steps"] == 2 and row["step_ms"] > 0 and row["baseline_ms"] > 0
+        assert row["compile_hyperbolic"] is False and len(row["ratios"]) == 1
+        quick = hyperbolic_overhead.QUICK["quick"]  # the row's shape is the batch it timed
+        assert (row["batch"], row["frames"], row["tokens"], row["hyp_dim"], row["lm_width"]) == (
+            quick["batch"], quick["frames"], quick["tokens"], quick["hyp_dim"], quick["mt5"]["d_model"])
         assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"] and math.isfinite(row["ratio"])
     variants = {(r["precision"], r["mode"], r["variant"]) for r in result["branch_rows"]}
     assert variants == {(p, m, v) for p in ("32-true", "bf16-mixed") for m in ("pooled", "token")
@@ -42,6 +49,38 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     _machine_ok(result["machine"])
     out = capsys.readouterr().out
     assert "x baseline" in out and "x vs listings" in out and "x geometry only" in out
+
+
+def test_overhead_configs_are_the_experiment_yamls():
+    """The demo and paper rows are built from the YAMLs they are named after (labels match shapes)."""
+    demo, paper = hyperbolic_overhead.yaml_config("demo"), hyperbolic_overhead.yaml_config("paper")
+    pooled = yaml.safe_load((REPO / "experiments/demo/geosign_pooled.yaml").read_text())
+    assert (demo["batch"], demo["frames"]) == (pooled["data"]["init_args"]["batch_size"], pooled["data"]["init_args"]["max_len"])
+    assert demo["hyp_dim"] == pooled["model"]["init_args"]["hyp_dim"] == 64
+    assert demo["encoder"] == pooled["model"]["init_args"]["encoder"] and demo["mt5"] == pooled["model"]["init_args"]["mt5_config"]
+    assert demo["init_args"]["hyp_init_scale"] == 0.125 and demo["trainer"]["gradient_clip_val"] == 1.0
+    assert demo["data"]["data_dir"] == "data/synthsign_40glosses"
+    paper_yaml = yaml.safe_load((REPO / "experiments/geosign_token.yaml").read_text())
+    assert (paper["batch"], paper["frames"], paper["hyp_dim"]) == (8, 256, 256) == (
+        paper_yaml["data"]["init_args"]["batch_size"], paper_yaml["data"]["init_args"]["max_len"],
+        paper_yaml["model"]["init_args"]["hyp_dim"])
+    assert paper["mt5"]["d_model"] == 768 and paper["mt5_is_paper_lm"] and paper["data"] is None
+    model = hyperbolic_overhead.build_model(paper | {"mt5": hyperbolic_overhead.QUICK["quick"]["mt5"]}, "pooled")
+    assert model.hyperbolic.part_proj.weight.shape == (4, 256, 256)  # paper encoder width 256 → hyp_dim 256
+    assert model.hparams.alpha_init == 0.7 and model.hparams.hyp_label_smoothing == 0.2
+
+
+def test_overhead_refuses_yamls_that_differ_beyond_the_branch(tmp_path, monkeypatch):
+    docs = {m: yaml.safe_load(p.read_text()) for m, p in hyperbolic_overhead.YAMLS["demo"].items()}
+    docs["token"]["model"]["init_args"]["hyp_dim"] = 32
+    paths = {}
+    for mode, doc in docs.items():
+        paths[mode] = tmp_path / f"{mode}.yaml"
+        paths[mode].write_text(yaml.safe_dump(doc))
+    monkeypatch.setitem(hyperbolic_overhead.YAMLS, "demo", paths)
+    monkeypatch.setattr(hyperbolic_overhead, "REPO", tmp_path)
+    with pytest.raises(ValueError, match="differ beyond"):
+        hyperbolic_overhead.yaml_config("demo")
 
 
 def test_branch_off_is_the_baseline_network_and_restores_the_branch():
