@@ -37,7 +37,9 @@ decodable frame is a failure: no pickle is written for it.
 **Resumable and safe to kill.** A video whose pickle exists is skipped (``--overwrite`` redoes
 it); every pickle is written to a temporary file in the same folder and renamed, so a killed run
 leaves whole pickles only (and perhaps a ``.<name>.pkl.*.tmp`` to delete). ``--workers N`` runs N
-processes, each with its own estimator (ONNX Runtime sessions are per process); on a CPU, ONNX
+processes, each with its own estimator (ONNX Runtime sessions are per process), after one is made in
+the main process first (rtmlib downloads its files once, and a model that cannot load stops the
+run before any video, exit code 2); on a CPU, ONNX
 Runtime already uses several threads per session, so more workers than cores gain nothing. Every
 failure is named at the end, with its reason; the exit code is 1 if any video failed.
 
@@ -83,6 +85,10 @@ class PoseEstimator(Protocol):
 
 class VideoError(ValueError):
     """A video that cannot be opened, decoded, or in which no one is detected."""
+
+
+class EstimatorError(RuntimeError):
+    """The pose estimator cannot be made (e.g. rtmlib cannot download its models)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,11 +346,20 @@ def extract_poses(inputs: Sequence[str | Path], out_dir: str | Path, estimator_f
             bar.set_postfix(failed=len(report.failed))
         bar.update()
 
-    if workers <= 1:
+    # the estimator is made here first even for worker processes: rtmlib downloads its ONNX files
+    # once (not N workers racing for one cache file), and a model that cannot load fails the run
+    # at once instead of every video
+    try:
         estimator = estimator_factory() if jobs else None
+    except Exception as err:
+        bar.close()
+        raise EstimatorError(f"cannot load the pose estimator ({type(err).__name__}: {err}); rtmlib downloads "
+                             "its ONNX files on first use: offline, give local files with --det and --pose") from err
+    if workers <= 1:
         for source, target in jobs:
             record(*_run_job(source, target, estimator))
     else:
+        del estimator  # each worker makes its own
         # spawn, not fork: a forked copy of a process holding ONNX Runtime or CUDA threads can hang
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
@@ -381,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = extract_poses(args.videos, args.out, factory, workers=args.workers, overwrite=args.overwrite,
                                extensions=args.extensions)
-    except (ValueError, ImportError) as err:
+    except (ValueError, ImportError, EstimatorError) as err:  # before any video was tried
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(report.written)} written, {len(report.skipped)} already there, {len(report.failed)} failed "

@@ -260,3 +260,15 @@ def test_signer_is_the_prominent_person_and_is_tracked_not_taken_by_index():
     np.testing.assert_allclose(keypoints[1, 0], [58, 20])
 
     assert ep.select_signer([_frame(), _frame()], 200, 200)[2] == 0
+
+
+def test_an_estimator_that_cannot_load_stops_the_run_before_any_video(tmp_path, monkeypatch, capsys):
+    video = _flat_video(tmp_path / "x.avi", 0)
+
+    def offline(**cli_kwargs):
+        raise OSError("no route to host")  # what rtmlib's download gives offline
+    monkeypatch.setattr(ep, "rtmlib_wholebody", offline)
+    assert ep.main([str(video), "--out", str(tmp_path / "out"), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the pose estimator (OSError: no route to host)" in err and "--det and --pose" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
