@@ -235,3 +235,11 @@ def test_write_rejects_bad_input_and_keeps_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pose"]
     Pose.read(io.BytesIO(before).read())
+
+
+def test_missing_package_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pose_format", None)
+    with pytest.raises(ImportError, match=r"pip install 'signlab\[pose-format\]'"):
+        pfio.read_pose_format(tmp_path / "x.pose")
+    with pytest.raises(ImportError, match="pose-format"):
+        pfio.write_pose_format(tmp_path / "x.pose", np.zeros((1, PT_NUM_JOINTS, 3)), fps=25)
