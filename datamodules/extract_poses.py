@@ -70,11 +70,13 @@ from datamodules.pose_format_io import write_bytes_atomically
 
 VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm", "mpg", "mpeg", "m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-BODY_POINTS = 17  # COCO-WholeBody 0-16: the body without feet; the most stable part for a box
+# The signer rule (module docstring). Boxes come from the body keypoints: hands and face move with
+# the signing, the torso and head much less, so frame-to-frame box centres stay close.
+BODY_POINTS = 17  # COCO-WholeBody 0-16: the body without feet
 MIN_BODY_POINTS = 2  # a box needs two points
-SEED_FRAMES = 10
-MAX_JUMP = 0.5
-MIN_TRACK_SCALE = 0.1
+SEED_FRAMES = 10  # a third of a second at 30 fps: a passer-by rarely dominates all of it
+MAX_JUMP = 0.5  # per frame, in signer-box diagonals: a neighbour standing beside the signer is ~1 away
+MIN_TRACK_SCALE = 0.1  # of the frame diagonal: the least box size the jump is measured against
 PICKLE_PROTOCOL = 4  # readable by every Python 3.8+, which Uni-Sign's code runs on
 
 
@@ -383,9 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rtmlib's model set (default lightweight, as Uni-Sign's demo/pose_extraction.py)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "opencv", "openvino"])
     parser.add_argument("--det", help="local person-detector ONNX file instead of the mode's")
-    parser.add_argument("--det-input-size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"))
+    parser.add_argument("--det-input-size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"),
+                        help="the --det model's input (rtmlib's YOLOX order: height, width; 416 416 for YOLOX-tiny)")
     parser.add_argument("--pose", help="local whole-body pose ONNX file instead of the mode's")
-    parser.add_argument("--pose-input-size", type=int, nargs=2, default=(288, 384), metavar=("W", "H"))
+    parser.add_argument("--pose-input-size", type=int, nargs=2, default=(288, 384), metavar=("W", "H"),
+                        help="the --pose model's input (rtmlib's RTMPose order: width, height)")
     parser.add_argument("--workers", type=int, default=1, help="videos processed in parallel (one process each)")
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose pickle exists")
     parser.add_argument("--extensions", nargs="+", default=list(VIDEO_EXTENSIONS))
