@@ -148,25 +148,32 @@ def make_batch(cfg: dict, seed: int = 0) -> dict:
 
 
 class StepTimer(L.Callback):
-    """Wall time from batch start to batch end: forward, backward and the optimiser steps."""
+    """Wall time from batch start to batch end: forward, backward and the optimiser steps (with
+    ``synchronize``, CUDA work queued in the step is waited for at both ends)."""
 
-    def __init__(self) -> None:
+    def __init__(self, synchronize: bool = False) -> None:
         self.times: list[float] = []
+        self.synchronize = synchronize and torch.cuda.is_available()
 
     def on_train_batch_start(self, *args) -> None:
+        if self.synchronize:
+            torch.cuda.synchronize()
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, *args) -> None:
+        if self.synchronize:
+            torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.start)
 
 
-def fit_steps(model: GeoSignTranslator, batch: dict, steps: int, trainer_args: dict | None = None) -> list[float]:
+def fit_steps(model: GeoSignTranslator, batch: dict, steps: int, trainer_args: dict | None = None,
+              accelerator: str = "cpu", synchronize: bool = False) -> list[float]:
     """Run ``steps`` training steps on ``batch`` through a Trainer with ``trainer_args`` (the YAML's
     gradient clipping, accumulation, log interval), the CLI's NonFiniteGuard and a CSV logger (in
     a temporary folder); their wall times."""
-    timer = StepTimer()
+    timer = StepTimer(synchronize)
     with tempfile.TemporaryDirectory() as logs:
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=CSVLogger(logs),
+        trainer = L.Trainer(accelerator=accelerator, devices=1, max_steps=steps, logger=CSVLogger(logs),
                             callbacks=[timer, NonFiniteGuard()], enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                             num_sanity_val_steps=0, default_root_dir=logs, **(trainer_args or {}))

@@ -227,3 +227,55 @@ def test_sampling_refuses_a_checkpoint_of_another_method(production_checkpoints,
     with pytest.raises(SystemExit):  # the WER needs the back-translator
         sampling.main(["--quick", "--out", str(tmp_path), "--ar", production_checkpoints["ar"]])
     assert not (tmp_path / "sampling.json").exists()
+
+
+def test_gpu_check_exits_cleanly_without_cuda(tmp_path, capsys, monkeypatch):
+    from benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--out", str(tmp_path)]) == 0
+    assert gpu.NO_CUDA in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+    with pytest.raises(SystemExit):
+        gpu.main(["--device", "cpu"])  # the CPU path is for --quick test runs only
+
+
+def test_gpu_check_plans_the_paper_shapes():
+    from benchmarks import gpu
+
+    p = gpu.plan()
+    cfg = p["model"]
+    assert (cfg["batch"], cfg["frames"], cfg["tokens"], cfg["hyp_dim"]) == (8, 256, 64, 256)
+    assert cfg["encoder"]["hidden"][-1] == 256 and cfg["init_args"]["alpha_init"] == 0.7
+    mt5 = cfg["mt5"]  # google/mt5-base's shape, random weights
+    assert (mt5["d_model"], mt5["num_layers"], mt5["num_decoder_layers"], mt5["vocab_size"]) == (768, 12, 12, 250112)
+    assert p["modes"] == ("baseline", "pooled", "token") and p["precision"] == "bf16-mixed"
+    assert p["paper_forward_ms"] == {"baseline": 415.73, "pooled": 1630.0, "token": 2550.0}
+    assert p["sampling"] == {"frames": 256, "batches": (1, 8), "diffusion_steps": 10}
+    quick = gpu.plan(quick=True)["model"]
+    assert (quick["batch"], quick["frames"], quick["mt5"]["d_model"]) == (2, 8, 32)
+
+
+@pytest.mark.slow  # tiny Geo-Sign forward/fit on CPU under bf16 autocast, two tiny samplers: ~40 s
+def test_gpu_check_quick_on_cpu_runs_every_item(tmp_path, capsys):
+    from benchmarks import gpu
+
+    assert gpu.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    rows = {(r["item"], r["mode"], r["shape"]): r for r in result["rows"]}
+    for mode in ("baseline", "pooled", "token"):
+        forward = rows["forward bf16", mode, "B2 T8 L5 hyp16 LM32x1"]
+        assert forward["ms"] > 0 and forward["q1"] <= forward["ms"] <= forward["q3"]
+        assert forward["paper_ms"] == gpu.PAPER_FORWARD_MS[mode]
+        assert rows["step bf16-mixed", mode, "B2 T8 L5 hyp16 LM32x1"]["ms"] > 0
+    for mode in ("pooled", "token"):
+        assert rows["step bf16-mixed, compile_hyperbolic", mode, "B2 T8 L5 hyp16 LM32x1"]["note"].startswith("skipped")
+    deepspeed = rows["step DeepSpeed ZeRO-2 (1 GPU), bf16", "token", "B2 T8 L5 hyp16 LM32x1"]
+    assert deepspeed["ms"] is None and deepspeed["note"].startswith("skipped")  # no deepspeed here, or no CUDA
+    sampled = {(item, shape) for item, _, shape in rows if item.startswith("sampling")}
+    assert sampled == {(f"sampling {name}", f"B{b} T16") for name in ("PoseVQ-Diffusion 10 steps", "PoseVQ-AR (KV cache)")
+                       for b in (1, 2)}
+    assert all(rows[item, None, shape]["ms"] > 0 for item, shape in sampled)
+    assert result["device"] == "cpu" and result["quick"] is True
+    _machine_ok(result["machine"])
+    assert "GPU check on cpu" in capsys.readouterr().out
