@@ -243,3 +243,96 @@ def test_block_computes_the_released_arithmetic(c_in, c_out, kernel):
     expected = _released_block(x, released, kernel, released["gcn.A"], temporal=kernel > 1)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert (kernel > 1) == ("tcn.0.bias" in released) and (c_in != c_out) == ("residual.0.bias" in released)
+
+
+# --- the encoder against a per-part loop of the release's arithmetic (issue #19, item 7) ----------
+
+def _step(forward, enc, parts, mask, probe):
+    emb, feats = forward(enc, parts, mask)
+    ((emb * probe).sum() + sum(f.square().mean() for f in feats.values())).backward()
+    return emb, feats
+
+
+@pytest.mark.parametrize("share_hands", [True, False])
+def test_encoder_equals_per_part_reference_in_train_and_eval_mode(share_hands):
+    """Same weights (perturbed: non-zero frozen biases, BatchNorm affines and statistics), a
+    padded batch: outputs, every parameter's gradient and every BatchNorm buffer after one
+    training step, then eval-mode outputs, equal the release's one-pass-per-part loop."""
+    import copy
+
+    from benchmarks.encoder import make_inputs, perturbed_encoder, reference_forward
+
+    enc = perturbed_encoder(3, out_dim=12, share_hands=share_hands, **TINY).train()
+    ref = copy.deepcopy(enc)
+    parts, mask = make_inputs(batch=3, frames=9, seed=3)
+    assert not mask.all()  # some clips are padded
+    probe = torch.randn(3, 9, 12)
+    out, feats = _step(lambda e, p, m: e(p, m), enc, parts, mask, probe)
+    out_r, feats_r = _step(reference_forward, ref, parts, mask, probe)
+    torch.testing.assert_close(out, out_r)
+    for p in PART_NAMES:
+        torch.testing.assert_close(feats[p], feats_r[p])
+    grads_r = dict(ref.named_parameters())
+    for name, p in enc.named_parameters():
+        assert (p.grad is None) == (grads_r[name].grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads_r[name].grad, msg=name)
+    buffers_r = dict(ref.named_buffers())
+    for name, b in enc.named_buffers():  # running mean/var and num_batches_tracked
+        torch.testing.assert_close(b, buffers_r[name], msg=name)
+    enc.eval(), ref.eval()
+    with torch.no_grad():
+        out, feats = enc(parts, mask)
+        out_r, feats_r = reference_forward(ref, parts, mask)
+    torch.testing.assert_close(out, out_r)
+    for p in PART_NAMES:
+        torch.testing.assert_close(feats[p], feats_r[p])
+
+
+def test_shared_hand_batchnorm_updates_running_stats_left_then_right():
+    """As in the release: each hand is normalised with its own batch statistics, and the shared
+    running statistics take two momentum steps, left hand first (derived here by hand from the
+    two hands' batches)."""
+    enc = tiny_encoder().train()
+    bn = enc.streams["hands"].spatial[0].bn
+    seen = []
+    bn.register_forward_hook(lambda module, args, out: seen.append((args[0].detach().clone(), out.detach().clone())))
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
+    parts = random_parts(B=2, T=6)
+    parts["right"] = parts["right"] * 3 + 1  # hands with clearly different statistics
+    enc(parts, torch.ones(2, 6, dtype=torch.bool))
+    assert len(seen) == 2 and bn.num_batches_tracked == 2
+    (left, left_out), (right, right_out) = seen
+    m = bn.momentum
+    mean, var = mean0, var0
+    for x, out in ((left, left_out), (right, right_out)):
+        mu, v = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        expected = (x - mu[:, None, None]) / torch.sqrt(v[:, None, None] + bn.eps) * bn.weight[:, None, None] + bn.bias[:, None, None]
+        torch.testing.assert_close(out, expected.detach(), rtol=1e-4, atol=1e-5)  # own batch statistics
+        n = x.numel() / x.shape[1]
+        mean, var = (1 - m) * mean + m * mu, (1 - m) * var + m * v * n / (n - 1)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+
+
+def test_encoder_benchmark_quick_writes_json(tmp_path):
+    """benchmarks/encoder.py --quick end to end: checks equality first, then times alternating rounds."""
+    import json
+
+    from benchmarks import encoder as bench
+
+    bench.main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "encoder.json").read_text())
+    assert result["quick"] is True and result["threads"] == 1 and result["goal_speedup"] == 1.3
+    assert all(0 <= d <= result["tolerance"] for d in result["max_relative_diff"].values())
+    assert set(result["max_relative_diff"]) == {"train_embeddings", "train_features", "gradients", "running_stats",
+                                                "eval_embeddings", "eval_features"}
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"fast", "reference"}
+    for row in rows.values():
+        assert row["rounds"] == 2 and row["q1_s"] <= row["median_s"] <= row["q3_s"] and row["median_s"] > 0
+    fast = rows["fast"]
+    assert fast["speedup_q1"] <= fast["speedup"] <= fast["speedup_q3"] and fast["speedup"] > 0
+    assert len(result["round_speedups"]) == 2 and result["machine"]["cpus"] >= 1
