@@ -22,6 +22,32 @@ semantics).
    reported as median and quartiles. Goal of the issue: >= 1.3x.
 
 Prints a table and writes ``encoder.json``.
+
+What was tried (2026-12-02, 2-core AVX-512 box shared with three other jobs, so single numbers
+are +-30 %; op times from torch.profiler at batch 8, 128 frames) and did not pay:
+
+- Conv-bound: at the paper shapes the encoder does 426 GFLOP forward (~1.3 TFLOP fwd+bwd), 95 %
+  of it in the 1x1 graph convs and the (5, 1) temporal convs; oneDNN runs them at ~50-110
+  GFLOP/s here, about 2/3 of a step. An exact reformulation cannot remove those FLOPs, so even
+  with every other op free the ceiling is ~1.5x; the rest is BatchNorm, einsum, ReLU, copies.
+- Both hands in one pass of the shared stream (G = 2 stacked so one native BatchNorm call has
+  per-hand statistics on G*C channels; running statistics from momentum-1 scratch buffers,
+  then two sequential momentum steps, left first): exact (float64 runs agree to 1e-14), but
+  in the channels-last layout it took the same CPU time as two passes (17.4 vs 18.3 s CPU,
+  wall ratio 0.3-1.2 under load): the convs do the same work, the grouped views, bmm graph
+  aggregation and summed expand-gradients cost what the halved call count saves.
+- A nodes-first (V, B, T, G, C) layout (graph aggregation as one GEMM, 1x1 convs as GEMMs):
+  oneDNN's NHWC backward for a (5, 1) kernel on a (V*B, C, T, 2) image took 870 ms a call
+  (190 ms in the release's layout), and in-place ops on views cost full CopySlices copies in
+  backward: 0.6-0.95x.
+- NCHW-contiguous activations (the release's permute leaves them channels-last): conv forward
+  4.4 s vs 2.9 s, and float32 gradients of BatchNorm-fed conv weights 30x further from a
+  float64 run (4e-2 vs 1.3e-3 relative): the channels-last format is faster and more accurate.
+- Graph conv aggregate-first through a stride-(K, 1) conv: its backward 2.6x slower than the
+  1x1 conv + einsum. Temporal conv as five shifted batched GEMMs (custom backward): 3x slower
+  forward, 1.7x backward than oneDNN. 1x1 convs as F.linear on channels-last memory: no faster.
+- Kept: BatchNorm, mask and residual-sum outputs overwritten in place (no new activation per
+  ReLU/mask/sum; the release's ReLUs are in-place too): bit-identical, a few per cent.
 """
 from __future__ import annotations
 
