@@ -144,12 +144,12 @@ class GlossVocab:
         return [self.itos[i] for i in map(int, ids) if i != self.PAD]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"itos": self.itos}, ensure_ascii=False, indent=0))
+        Path(path).write_text(json.dumps({"itos": self.itos}, ensure_ascii=False, indent=0), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "GlossVocab":
         try:
-            itos = json.loads(Path(path).read_text())["itos"]
+            itos = json.loads(Path(path).read_text(encoding="utf-8"))["itos"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a gloss vocab JSON ({err})") from err
         if list(itos[:len(cls.SPECIALS)]) != list(cls.SPECIALS):
@@ -169,7 +169,8 @@ def load_gloss_vocab(spec: str) -> GlossVocab:
         raise ValueError(f"gloss vocab spec {spec!r} is neither 'synthsign' nor an existing file")
     if path.suffix == ".json":
         return GlossVocab.load(path)
-    return GlossVocab.from_sequences(line.split() for line in path.read_text().splitlines())
+    lines = path.read_text(encoding="utf-8-sig").splitlines()  # PT files are UTF-8; a BOM is dropped
+    return GlossVocab.from_sequences(line.split() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     sentences = []
     for path in args.corpus:
         if path.suffix == ".text":
-            sentences += path.read_text().splitlines()
+            sentences += path.read_text(encoding="utf-8-sig").splitlines()
         else:
             sentences += [label["text"] for label in read_unisign_labels(path).values()]
     tokenizer = build_word_level_tokenizer(sentences, args.language)

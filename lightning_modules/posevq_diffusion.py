@@ -464,7 +464,7 @@ def write_pt_files(prefix: Path, items: list[dict]) -> None:
     write_skels(prefix.with_suffix(".skels"), [np.asarray(it["poses"]) for it in items])
     for key, suffix in (("gloss", ".gloss"), ("text", ".text"), ("name", ".files")):
         lines = [str(it[key]).replace("\n", " ") for it in items]  # one sample per line, always
-        prefix.with_suffix(suffix).write_text("".join(line + "\n" for line in lines))
+        prefix.with_suffix(suffix).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _flatten_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from datamodules.keypoints import PT_NUM_JOINTS
 from generation.metrics import dtw_mje
 from lightning_modules.back_translator import BackTranslator
+from lightning_modules.checkpoint_io import load_lightning_module
 from lightning_modules.metrics import gloss_wer, translation_scores
 
 SCORE_COLUMNS = ("wer", "bleu1", "bleu2", "bleu3", "bleu4", "rougeL")
@@ -58,7 +59,7 @@ class ProductionEvaluator(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"back_translator_ckpt {str(path)!r}: no such checkpoint file "
                                     "(train one with `lightning fit --config experiments/demo/back_translator.yaml`)")
-        back_translator = BackTranslator.load_from_checkpoint(str(path), map_location="cpu")
+        back_translator = load_lightning_module(BackTranslator, path, map_location="cpu")  # weights only, checksum
         back_translator.eval().requires_grad_(False)
         # plain attribute, not a registered submodule: see the module docstring
         object.__setattr__(self, "back_translator", back_translator)

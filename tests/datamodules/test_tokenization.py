@@ -149,6 +149,12 @@ def test_load_gloss_vocab_from_pt_gloss_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"itos": ["A"]}')
     with pytest.raises(ValueError, match="bad.json"):
         load_gloss_vocab(str(tmp_path / "bad.json"))
+    # UTF-8 whatever the locale, and a byte-order mark is not part of the first gloss
+    (tmp_path / "bom.gloss").write_bytes("\ufeffÜBER REGEN\nREGEN\n".encode("utf-8"))
+    vocab = load_gloss_vocab(str(tmp_path / "bom.gloss"))
+    assert vocab.itos[3:] == ["REGEN", "ÜBER"]
+    vocab.save(tmp_path / "umlaut.json")
+    assert load_gloss_vocab(str(tmp_path / "umlaut.json")) == vocab
 
 
 def test_cli_trains_tokenizer_json_from_label_file(tmp_path):
