@@ -384,6 +384,16 @@ def _frame_window(data: dict) -> slice:
     return slice(*bounds)
 
 
+def read_poses(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A clip's ``(keypoints (T, 133, 2), scores (T, 133))`` from a Uni-Sign pose pickle, or from a
+    pose-format ``.pose`` file (``datamodules.pose_format_io``, COCO-WholeBody or MediaPipe Holistic)."""
+    if Path(path).suffix == ".pose":
+        from datamodules.pose_format_io import read_pose_format  # pose-format is an optional extra
+
+        return read_pose_format(path)
+    return read_pose_pickle(path)
+
+
 def read_pose_pickle(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a Uni-Sign pose pickle: ``(keypoints (T, 133, 2), scores (T, 133))``, float32.
 

@@ -48,7 +48,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from datamodules.formats import UnsafePickleError, read_pose_pickle
+from datamodules.formats import UnsafePickleError, read_poses
 from datamodules.keypoints import (BODY_EXTREMES, MIN_VALID_BODY_POINTS, PART_NODES_COCO, PART_SLICES,
                                    SCORE_THRESHOLD, body_extremes, normalise_clips, part_nodes)
 
@@ -126,7 +126,7 @@ def _npy_header(frames: int, row: tuple[int, ...]) -> bytes:
 
 
 def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequence[tuple[str, Path]]) -> dict:
-    """Read each ``(name, pose_path)`` through ``read_pose_pickle`` and write the split's cache as a
+    """Read each ``(name, pose_path)`` through ``read_poses`` and write the split's cache as a
     new generation, then delete the generation it replaced. Frames stream straight to disk (a
     split never has to fit in memory). Returns the index."""
     final_index = index_path(cache_dir, split)
@@ -147,7 +147,7 @@ def build_packed(cache_dir: Path, split: str, label_path: Path, samples: Sequenc
                 f.write(_npy_header(0, ARRAYS[key]))
             for name, pose_path in samples:
                 try:
-                    keypoints, scores = read_pose_pickle(pose_path)  # (T, 133, 2), (T, 133)
+                    keypoints, scores = read_poses(pose_path)  # (T, 133, 2), (T, 133)
                 except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
                     index["errors"][name] = [error_reason(err), str(err)]
                     continue

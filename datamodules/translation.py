@@ -10,6 +10,9 @@ Batch keys are documented in ``datamodules/batches.py``. Datasets and where file
 - ``synthsign``: generated into ``data_dir`` by ``prepare_data``; labels and poses under
   ``data_dir/unisign`` are read through the same readers as the real datasets.
 
+Where a pose pickle is missing, a pose-format ``<stem>.pose`` beside it is read instead
+(``datamodules.pose_format_io``: COCO-WholeBody or MediaPipe Holistic; the pose-format extra).
+
 Frames: at most ``max_len``; training draws a sorted random subset seeded by
 ``(seed, epoch, index)``, dev/test take evenly spaced frames (deterministic evaluation).
 
@@ -45,7 +48,7 @@ from torch.utils.data import Dataset
 
 from datamodules.batches import (SPLITS, BadSampleError, SplitDataModule, TranslationCollate,
                                  check_on_bad_sample, record_skips, skip_marker)
-from datamodules.formats import read_pose_pickle, read_unisign_labels
+from datamodules.formats import read_poses, read_unisign_labels
 from datamodules.keypoints import (SCORE_THRESHOLD, normalise_clips, part_nodes, rebox_clips,
                                    sample_frame_indices)
 from datamodules.packed import PackedClip, PackedPoses, ensure_packed, error_reason
@@ -123,7 +126,7 @@ class PoseTextDataset(Dataset):
         normalised) or ``cut`` to ``max_len`` frames (nodes normalised with the whole clip's box; the
         clip's extremes rows are the sampled frames'). Only the sampled frames leave the pickle or the map."""
         if self.poses is None:
-            keypoints, scores = read_pose_pickle(record["pose_path"])  # (T, 133, 2), (T, 133)
+            keypoints, scores = read_poses(record["pose_path"])  # (T, 133, 2), (T, 133)
             return "raw", part_nodes(keypoints, scores, self._frames(len(keypoints), index, epoch)), None
         clip = self.poses.read(record["name"])
         frames = self._frames(len(clip.nodes), index, epoch)
@@ -202,9 +205,15 @@ class SignTranslationDataModule(SplitDataModule):
         self.cache_dir = self.label_dir / "packed"
 
     def _pose_paths(self, labels: dict[str, dict]) -> list[tuple[str, Path]]:
-        """(name, pose pickle path) of every label, in file order."""
+        """(name, pose file path) of every label, in file order: ``<stem>.pkl``, or a pose-format
+        ``<stem>.pose`` where only that exists."""
         stems = [Path(label["video_path"]).stem if label["video_path"] else label["name"] for label in labels.values()]
-        return [(label["name"], self.pose_dir / f"{stem}.pkl") for label, stem in zip(labels.values(), stems)]
+        paths = []
+        for label, stem in zip(labels.values(), stems):
+            pickle_path = self.pose_dir / f"{stem}.pkl"
+            pose_path = pickle_path.with_suffix(".pose")
+            paths.append((label["name"], pose_path if not pickle_path.exists() and pose_path.exists() else pickle_path))
+        return paths
 
     def prepare_data(self) -> None:
         """SynthSign generation if asked for, then (``packed``) the packed cache of every split

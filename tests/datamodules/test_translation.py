@@ -409,3 +409,35 @@ def test_normalising_an_empty_clip_is_refused_not_merged_with_its_neighbour():
     extremes = body_extremes(torch.from_numpy(nodes[:, PART_SLICES["body"]])).numpy()
     with pytest.raises(ValueError, match="at least one frame"):
         rebox_clips(nodes.copy(), extremes, np.array([5, 0]), np.zeros((2, 2), np.float32), np.ones(2, np.float32))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_pose_format_files_are_read_where_a_pickle_would_be(csl, packed):
+    """A dataset of `.pose` files (pose-format's COCO-WholeBody layout) gives the batches its
+    pickles give; where both exist the pickle is read."""
+    pose_format = pytest.importorskip("pose_format")
+    from pose_format.numpy.pose_body import NumPyPoseBody
+    from pose_format.pose_header import PoseHeader, PoseHeaderDimensions
+    from pose_format.utils.cocowholebody133_header import cocowholebody_components
+
+    label_dir, pose_dir, tok = csl
+    reference = _dm(csl, batch_size=3, max_len=8, packed=packed)
+    reference.setup("fit")
+    expected = next(iter(reference.val_dataloader()))
+    width, height = 640, 480  # pose-format stores pixels; the reader divides by the header's size
+    for pkl in sorted(pose_dir.glob("Sdev*.pkl")):
+        pose = pickle.loads(pkl.read_bytes())
+        pixels = np.asarray(pose["keypoints"], np.float32) * [width, height]  # (T, 1, 133, 2)
+        header = PoseHeader(version=0.2, dimensions=PoseHeaderDimensions(width, height, 0),
+                            components=cocowholebody_components())
+        body = NumPyPoseBody(fps=25, data=pixels, confidence=np.asarray(pose["scores"], np.float32))
+        with open(pkl.with_suffix(".pose"), "wb") as f:
+            pose_format.Pose(header, body).write(f)
+        pkl.unlink()
+    (pose_dir / "Sdev000_P0000_T00.pkl").write_bytes(b"not a pickle")  # both: the pickle wins
+    dm = _dm(csl, batch_size=3, max_len=8, packed=packed, on_bad_sample="skip")
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["name"] == expected["name"][1:]  # Sdev000 is skipped: its (bad) pickle was read
+    for key in ("body", "left", "right", "face", "frame_mask"):
+        torch.testing.assert_close(batch[key], expected[key][1:], rtol=0, atol=2e-6)
