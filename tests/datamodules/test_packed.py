@@ -263,7 +263,7 @@ def test_a_read_error_that_may_pass_aborts_the_build_and_is_not_stored(csl, monk
     def denied(path):
         raise PermissionError(f"{path}: Permission denied")
 
-    monkeypatch.setattr(packed, "read_pose_pickle", denied)
+    monkeypatch.setattr(packed, "read_poses", denied)
     dm = _dm(csl)
     dm.prepare_data()  # logs and carries on: the run reads pickles
     assert "cannot build the packed pose cache" in caplog.text and "Permission denied" in caplog.text
