@@ -212,11 +212,12 @@ class StreamCollate:
 class IndexedStream(Dataset):
     """Dev/test: a split's chunks by index, for the ``ShardSampler`` loaders of the packed path."""
 
-    def __init__(self, stream, where: str, max_len: int, seed: int, on_bad_sample: str):
-        self.stream, self.where, self.max_len, self.seed, self.on_bad_sample = stream, where, max_len, seed, on_bad_sample
+    def __init__(self, stream, count: int, where: str, max_len: int, seed: int, on_bad_sample: str):
+        self.stream, self.count, self.where = stream, count, where
+        self.max_len, self.seed, self.on_bad_sample = max_len, seed, on_bad_sample
 
     def __len__(self) -> int:
-        return len(self.stream)
+        return self.count
 
     def __getitem__(self, key):
         return self.__getitems__([key])[0]
@@ -320,11 +321,10 @@ class _Streaming:
         if not self.stream_dir.startswith("s3://") and not Path(where, "index.json").is_file():
             raise StreamError(f"{where}: no index.json (chunks deleted or not copied with {META})")
         stream = _streaming_dataset(where, shuffle=split == "train", seed=self.seed, cache_dir=self.stream_cache_dir)
-        if len(stream) != count and split != "train":
-            raise StreamError(f"{where}: {len(stream)} samples, {META} says {count}")
         if split == "train":
             return stream
-        return IndexedStream(stream, where, self.max_len, self.seed, self.on_bad_sample)
+        # len(stream) is this rank's share under DDP; indexing is global
+        return IndexedStream(stream, count, where, self.max_len, self.seed, self.on_bad_sample)
 
     def _loader(self, split: str):
         if self.stream_dir is None or split != "train":
@@ -434,7 +434,7 @@ def datamodule_from_config(configs: list[str]) -> SignTranslationDataModule:
     out = io.StringIO()
     args = ["fit", *[a for c in configs for a in ("--config", c)], "--print_config"]
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        SignLabCLI(args=args, run=False)
+        SignLabCLI(args=args)  # --print_config prints the resolved config and exits
     data = yaml.safe_load(out.getvalue())["data"]
     module, _, name = data["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
