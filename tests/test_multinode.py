@@ -153,3 +153,54 @@ def test_sigkill_of_both_nodes_then_ckpt_path_last_continues_the_same_order(chun
         # the killed batch (step 4) is logged twice: once before the kill, once after the resume
         assert [entry for entry in run if entry[0] != 4] == [entry for entry in reference if entry[0] != 4], rank
         assert [entry for entry in run if entry[0] == 4] == [entry for entry in reference if entry[0] == 4] * 2, rank
+
+
+@pytest.mark.slow
+def test_a_node_that_dies_mid_epoch_stops_the_other_with_an_error_not_a_hang(chunks):
+    # only node 1 is killed (SIGNLAB_TEST_KILL_AT_STEP in its environment alone); node 0's next
+    # collective fails on the closed connection (or, were the peer silent, after the 1-minute
+    # process-group timeout) instead of waiting forever
+    exe = Path(sys.executable).with_name("lightning")
+    port = str(_free_port())
+    procs = []
+    for node in (0, 1):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node), "WORLD_SIZE": "2",
+               "LOCAL_RANK": "0", "SIGNLAB_TEST_NAMES": str(chunks / "dead")}
+        if node == 1:
+            env["SIGNLAB_TEST_KILL_AT_STEP"] = "1"
+        procs.append(subprocess.Popen(
+            [str(exe), "fit", "--config", DEMO, "--config", "tiny.yaml", "--config", MULTINODE,
+             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2",
+             "--trainer.strategy.init_args.process_group_backend", "gloo",
+             "--trainer.strategy.init_args.timeout", "0:01:00", "--trainer.sync_batchnorm", "false",
+             "--trainer.default_root_dir", "runs/dead", "--data.init_args.stream_dir", "chunks",
+             f"--trainer.callbacks+={NAMES}"], cwd=chunks, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    assert procs[1].wait(timeout=150) == -signal.SIGKILL
+    start = time.monotonic()
+    try:
+        _, err = procs[0].communicate(timeout=90)
+    finally:
+        procs[0].kill()
+    assert procs[0].returncode not in (0, None) and time.monotonic() - start < 90
+    assert "Connection closed by peer" in err or "timed out" in err.lower() or "Timeout" in err, err[-3000:]
+
+
+def test_the_pretraining_checkpoint_is_what_fine_tuning_init_from_takes(chunks, whole):
+    """runs/<pretraining>/checkpoints/last.ckpt -> a Uni-Sign pose model of the same shape, strictly:
+    every tensor the fine-tuning model has is set from it (as --model.init_args.init_from does)."""
+    import torch
+    import yaml
+
+    from lightning_modules.geosign import GeoSignTranslator
+    from lightning_modules.init_weights import load_initial_weights
+
+    demo = yaml.safe_load(Path(DEMO).read_text())["model"]["init_args"]
+    demo.update(yaml.safe_load(TINY)["model"]["init_args"])
+    ckpt = chunks / "runs" / "whole" / "checkpoints" / "last.ckpt"
+    model = GeoSignTranslator(**demo)
+    report = load_initial_weights(model, str(ckpt), strict=True)
+    assert not report.problems and not report.fresh
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items() if key in trained)

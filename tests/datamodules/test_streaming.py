@@ -133,3 +133,13 @@ def test_a_rerun_conversion_skips_finished_splits(stream):
     convert(StreamingTranslationDataModule(**kw), root / "chunks", num_workers=1)
     assert {p: p.stat().st_mtime_ns for p in (root / "chunks").rglob("*.bin")} == before
     assert os.path.getsize(root / "chunks" / META) > 0
+
+
+def test_benchmark_quick_writes_json(tmp_path):
+    from benchmarks import streaming as bench
+
+    bench.main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "streaming.json").read_text())
+    assert {(r["path"], r["workers"]) for r in result["rows"]} == {(p, w) for p in ("packed", "streaming") for w in (0, 2)}
+    assert all(r["samples_per_s"] > 0 and r["bytes_per_frame"] > 0 for r in result["rows"])
+    assert result["splits"]["train"] == result["samples"] == 40
