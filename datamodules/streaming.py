@@ -11,8 +11,9 @@ and the config's DataModule class from here (``StreamingTranslationDataModule``,
 ``StreamingCSLNewsDataModule``); without ``stream_dir`` they are their parent classes.
 
 Layout of ``--out``: ``<split>/`` litdata chunks per split (``litdata.optimize``: parallel workers,
-a progress bar, ``use_checkpoint`` so a killed conversion resumes where it stopped; a finished split
-is skipped) and ``signlab_stream.json``: format, the config's identity (dataset and its folders,
+a progress bar; called on blocks of ``--block-samples`` samples in append mode, the index saved after
+each whole block, so a killed conversion rerun with the same command resumes at the first unfinished
+block and a finished split is skipped) and ``signlab_stream.json``: format, the config's identity (dataset and its folders,
 tokenizer, ``max_len``, ``max_target_len``, the part nodes and normalisation constants) with its
 sha256 fingerprint, and each finished split's sample count. A DataModule refuses chunks whose
 fingerprint differs from its own config's, listing the differing keys. Each chunk item is one
@@ -49,6 +50,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -68,7 +70,11 @@ log = logging.getLogger(__name__)
 
 STREAM_FORMAT = 1
 META = "signlab_stream.json"
-CHUNK_BYTES = "64MB"  # litdata's suggested size: few objects per node, small enough to prefetch
+CHUNK_BYTES = "64MB"
+# Samples per litdata.optimize call: a killed conversion redoes at most one block. (litdata's own
+# use_checkpoint does not survive a worker killed by a signal: it marks the run done, writes an index
+# without the lost chunks and deletes its checkpoints.)
+BLOCK_SAMPLES = 20_000  # litdata's suggested size: few objects per node, small enough to prefetch
 
 
 class StreamError(RuntimeError):
@@ -445,11 +451,10 @@ def datamodule_from_config(configs: list[str]) -> SignTranslationDataModule:
 
 
 def convert(dm: SignTranslationDataModule, out: str | Path, num_workers: int = 2,
-            chunk_bytes: str | int = CHUNK_BYTES, splits: tuple[str, ...] = ("train", "dev", "test")) -> dict:
+            chunk_bytes: str | int = CHUNK_BYTES, splits: tuple[str, ...] = ("train", "dev", "test"),
+            block_samples: int = BLOCK_SAMPLES) -> dict:
     """Write the DataModule's splits as litdata chunks under ``out`` (see the module docstring);
     returns the metadata. Resumes a killed conversion; refuses a folder of another config's chunks."""
-    from litdata import optimize
-
     out = Path(out)
     identity = stream_identity(dm)
     meta_path = out / META
@@ -471,15 +476,57 @@ def convert(dm: SignTranslationDataModule, out: str | Path, num_workers: int = 2
         if data.poses is None:
             raise StreamError(f"{dm.cache_dir}: no packed cache for {split} (the chunks hold its normalised "
                               "clips): make the label folder writable or set packed: true")
-        print(f"{split}: {len(data)} samples -> {out / split}", file=sys.stderr)
-        optimize(fn=_Item(data), inputs=list(range(len(data))), output_dir=str(out / split),
-                 chunk_bytes=chunk_bytes, num_workers=num_workers, use_checkpoint=True,
-                 start_method="fork" if os.name == "posix" else None)
+        _optimize_in_blocks(_Item(data), len(data), out / split, num_workers, chunk_bytes, block_samples)
         meta["splits"][split] = len(data)
         tmp = meta_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, meta_path)  # a split counts as done only once all its chunks are written
     return meta
+
+
+def _optimize_in_blocks(fn: _Item, count: int, split_dir: Path, num_workers: int, chunk_bytes: str | int,
+                        block_samples: int) -> None:
+    """``litdata.optimize`` of samples ``[0, count)`` into ``split_dir``, ``block_samples`` at a time
+    (``mode="append"``). After each block that wrote all its samples, ``index.json`` is copied to
+    ``index.good.json``; a rerun first rolls back to that copy, deletes chunks it does not list
+    (those of a block that was killed) and continues with the next block."""
+    from litdata import optimize
+
+    index, good = split_dir / "index.json", split_dir / "index.good.json"
+    while True:
+        if good.is_file():
+            os.replace(good, index)
+            shutil.copyfile(index, good)
+        else:
+            index.unlink(missing_ok=True)
+        kept = {chunk["filename"] for chunk in json.loads(index.read_text())["chunks"]} if index.is_file() else set()
+        for path in split_dir.glob("chunk-*"):
+            if path.name not in kept:
+                path.unlink()
+        done = _written_samples(split_dir)
+        if done >= count:
+            good.unlink(missing_ok=True)
+            return
+        stop = min(done + block_samples, count)
+        print(f"{split_dir}: samples {done}-{stop} of {count}", file=sys.stderr)
+        optimize(fn=fn, inputs=list(range(done, stop)), output_dir=str(split_dir), chunk_bytes=chunk_bytes,
+                 num_workers=num_workers, mode="append" if done else None,
+                 start_method="fork" if os.name == "posix" else None)
+        written = _written_samples(split_dir)
+        if written != stop:  # litdata counts a worker that died (killed, out of memory) as finished
+            raise StreamError(f"{split_dir}: samples {done}-{stop}: the conversion wrote {written - done} of "
+                              f"{stop - done} (a worker died?); rerun the same command to resume from sample {done}")
+        shutil.copyfile(index, split_dir / "index.good.tmp")
+        os.replace(split_dir / "index.good.tmp", good)
+
+
+def _written_samples(split_dir: Path) -> int:
+    """Samples listed in a split's litdata ``index.json`` (0 when there is none)."""
+    try:
+        index = json.loads((split_dir / "index.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(chunk["chunk_size"] for chunk in index.get("chunks", []))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -491,8 +538,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="litdata.optimize worker processes")
     parser.add_argument("--chunk-bytes", default=CHUNK_BYTES)
     parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
+    parser.add_argument("--block-samples", type=int, default=BLOCK_SAMPLES,
+                        help="samples per optimize call: what a killed conversion redoes at most")
     args = parser.parse_args(argv)
-    meta = convert(datamodule_from_config(args.config), args.out, args.workers, args.chunk_bytes, tuple(args.splits))
+    meta = convert(datamodule_from_config(args.config), args.out, args.workers, args.chunk_bytes, tuple(args.splits),
+                   args.block_samples)
     print(json.dumps(meta["splits"]))
 
 

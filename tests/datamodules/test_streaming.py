@@ -143,3 +143,40 @@ def test_benchmark_quick_writes_json(tmp_path):
     assert {(r["path"], r["workers"]) for r in result["rows"]} == {(p, w) for p in ("packed", "streaming") for w in (0, 2)}
     assert all(r["samples_per_s"] > 0 and r["bytes_per_frame"] > 0 for r in result["rows"])
     assert result["splits"]["train"] == result["samples"] == 40
+
+
+def test_a_conversion_whose_worker_is_killed_resumes_from_the_last_whole_block(tmp_path, monkeypatch):
+    from datamodules import streaming
+
+    kw = {**KW, "data_dir": str(tmp_path / "synth")}
+    original = streaming._Item.__call__
+
+    def dies_at_20(self, index):  # litdata's forked worker is SIGKILLed at sample 20 (out of memory, say)
+        if index == 20:
+            os.kill(os.getpid(), 9)
+        return original(self, index)
+
+    monkeypatch.setattr(streaming._Item, "__call__", dies_at_20)
+    with pytest.raises(StreamError, match="samples 16-24: the conversion wrote .* rerun the same command to resume "
+                                          "from sample 16"):
+        convert(StreamingTranslationDataModule(**kw), tmp_path / "chunks", num_workers=1, chunk_bytes=20_000,
+                block_samples=8)
+    assert "train" not in json.loads((tmp_path / "chunks" / META).read_text())["splits"]
+    train_dir = tmp_path / "chunks" / "train"
+    good = json.loads((train_dir / "index.good.json").read_text())  # samples 0-16, the two whole blocks
+    assert sum(chunk["chunk_size"] for chunk in good["chunks"]) == 16
+    kept = {c["filename"]: (train_dir / c["filename"]).stat().st_mtime_ns for c in good["chunks"]}
+    monkeypatch.setattr(streaming._Item, "__call__", original)
+    meta = convert(StreamingTranslationDataModule(**kw), tmp_path / "chunks", num_workers=1, chunk_bytes=20_000,
+                   block_samples=8)
+    assert meta["splits"] == {"train": 26, "dev": 5, "test": 2}
+    dm = _streamed(kw, tmp_path / "chunks")
+    _drive(dm, epoch=0)
+    names = sorted(n for b in dm.train_dataloader() for n in b["name"])
+    assert names == sorted(r["name"] for r in _records_of(StreamingTranslationDataModule(**kw)))  # each once
+    assert all((train_dir / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())  # not redone
+
+
+def _records_of(dm) -> list[dict]:
+    dm.setup("fit")
+    return dm.datasets["train"].records
