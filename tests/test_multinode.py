@@ -184,7 +184,9 @@ def test_a_node_that_dies_mid_epoch_stops_the_other_with_an_error_not_a_hang(chu
     finally:
         procs[0].kill()
     assert procs[0].returncode not in (0, None) and time.monotonic() - start < 90
-    assert "Connection closed by peer" in err or "timed out" in err.lower() or "Timeout" in err, err[-3000:]
+    # gloo reports the dead peer as "Connection closed by peer" or "Connection reset by peer" (which
+    # one depends on where the survivor was); a silent peer would give a timeout error instead
+    assert any(m in err for m in ("closed by peer", "reset by peer", "timed out", "Timeout")), err[-3000:]
 
 
 def test_the_pretraining_checkpoint_is_what_fine_tuning_init_from_takes(chunks, whole):
