@@ -21,9 +21,9 @@ most accurate float32 gradients of the layouts tried).
 
 Speed (issue #19 item 7, ``benchmarks/encoder.py``): the encoder runs the release's arithmetic
 part by part and is bound by its convolutions (oneDNN, about 2/3 of a training step on 2 CPU
-cores). BatchNorm, mask and sum outputs are overwritten in place: same numbers, fewer large
-allocations. Fusing both hands into one pass, GEMM/bmm graph convolutions, a nodes-first layout
-and NCHW/NHWC variants were measured and did not pay (benchmarks/encoder.py's docstring).
+cores), so it stays as it is: fusing both hands into one pass, GEMM/bmm graph convolutions, a
+nodes-first layout, NCHW and NHWC variants and in-place BatchNorm/ReLU/sum outputs were
+measured and did not pay (benchmarks/encoder.py's docstring).
 """
 from __future__ import annotations
 
@@ -174,20 +174,13 @@ class STGCNBlock(nn.Module):
         return [seq[0] for seq in (self.tcn, self.residual) if isinstance(seq, nn.Sequential)]
 
     def forward(self, x: Tensor, frame_mask: Tensor) -> Tensor:
-        """x (B, C_in, T, V), frame_mask (B, T) bool -> (B, C_out, T, V).
-
-        In-place ops only overwrite fresh outputs autograd has not saved (BatchNorm and sum
-        outputs; ReLU saves its own output, so nothing writes into one afterwards): the same
-        numbers and gradients without allocating, page-faulting and filling a new activation.
-        """
-        y = self.bn(self.gcn(x))
-        if self.tcn is None:
-            return (y.relu_() + self.residual(x)).relu_()
-        # Zero padded frames so the temporal conv sees exactly the zero padding it would see
-        # at the end of an unpadded sequence: real frames never depend on padded ones.
-        # relu(y) * mask == relu(y * mask) for a 0/1 mask; masking first keeps both in place.
-        y = self.tcn(y.mul_(frame_mask[:, None, :, None]).relu_())
-        return y.add_(self.residual(x)).relu_()
+        """x (B, C_in, T, V), frame_mask (B, T) bool -> (B, C_out, T, V)."""
+        y = torch.relu(self.bn(self.gcn(x)))
+        if self.tcn is not None:
+            # Zero padded frames so the temporal conv sees exactly the zero padding it would see
+            # at the end of an unpadded sequence: real frames never depend on padded ones.
+            y = self.tcn(y * frame_mask[:, None, :, None])
+        return torch.relu(y + self.residual(x))
 
 
 class PartStream(nn.Module):
