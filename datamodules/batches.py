@@ -237,6 +237,16 @@ class _DeferredIterator:
         return next(self._iterator)
 
 
+def without_empty(batches, on_empty: Callable[[list], None]):
+    """The batches, less the marker batches of samples that were all skipped, whose skip entries go
+    to ``on_empty``."""
+    for batch in batches:
+        if isinstance(batch, dict) and batch.get(ALL_SKIPPED):
+            on_empty(batch["skipped"])
+            continue
+        yield batch
+
+
 class SkippingLoader(DataLoader):
     """A DataLoader that leaves out the marker batches of samples that were all skipped, handing
     their skip entries to ``on_empty`` (which records and counts them, or raises)."""
@@ -246,14 +256,7 @@ class SkippingLoader(DataLoader):
         self.on_empty = on_empty
 
     def __iter__(self):
-        return self._without_empty(DataLoader.__iter__(self))
-
-    def _without_empty(self, batches):
-        for batch in batches:
-            if isinstance(batch, dict) and batch.get(ALL_SKIPPED):
-                self.on_empty(batch["skipped"])
-                continue
-            yield batch
+        return without_empty(DataLoader.__iter__(self), self.on_empty)
 
 
 class ResumableLoader(SkippingLoader):

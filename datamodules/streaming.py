@@ -59,8 +59,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.batches import (ALL_SKIPPED, SplitDataModule, TranslationCollate, _DeferredIterator,
-                                 draw_epoch_seed)
+from datamodules.batches import (SplitDataModule, TranslationCollate, _DeferredIterator, draw_epoch_seed,
+                                 without_empty)
 from datamodules.csl_news import UNISIGN_DEV_FRACTION, CSLNewsDataModule
 from datamodules.keypoints import MIN_VALID_BODY_POINTS, PART_NODES_COCO, SCORE_THRESHOLD
 from datamodules.packed import ERROR_TYPES, FORMAT_VERSION, PackedClip, error_reason
@@ -271,16 +271,9 @@ def _streaming_loader_class():
                     self.dataset._state_dict = None
                 # the packed path's one global RNG draw per epoch, at the same place (workers' base seed)
                 self.generator = torch.Generator().manual_seed(draw_epoch_seed())
-                return self._without_empty(StreamingDataLoader.__iter__(self))
+                return without_empty(StreamingDataLoader.__iter__(self), self.on_empty)
 
             return _DeferredIterator(start)
-
-        def _without_empty(self, batches):
-            for batch in batches:
-                if isinstance(batch, dict) and batch.get(ALL_SKIPPED):
-                    self.on_empty(batch["skipped"])
-                    continue
-                yield batch
 
         def state_dict(self) -> dict:  # what Lightning stores for the loader: the DataModule holds the rest
             return {"epoch": self.epoch_fn()}
