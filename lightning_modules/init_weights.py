@@ -154,7 +154,7 @@ def released_to_signlab(state: Mapping[str, Tensor], share_hands: bool = True
         for k, v in isp_c.items():
             # compared as released values, converted once
             put("hyperbolic.curvature.raw", k, raw if torch.equal(v, first) else _curvature(v))
-    part_proj = {f"hyp_proj_{RELEASED_PARTS.get(p, p)}": i for i, p in enumerate(PART_NAMES)}
+    part_proj = {f"hyp_proj_{p}": i for i, p in enumerate(PART_NAMES)}  # Geo-Sign names them as signlab does
     grouped: dict[str, list[tuple[int, str, Tensor]]] = {}
     for key, value in state.items():
         if key in isp_c or key in RELEASED_NON_WEIGHTS:
@@ -181,10 +181,9 @@ def released_to_signlab(state: Mapping[str, Tensor], share_hands: bool = True
         elif key == "hyp_attn_b":
             # The release keeps the key bias as a point on the ball; signlab as its tangent
             # vector at the origin, b = log_0(point), so a plain optimiser step keeps it inside.
-            c = torch.tensor(curvature if curvature is not None else float("nan"))
             if curvature is None:
                 raise InitFromError("released hyp_attn_b without manifold.isp_c: cannot map the ball point")
-            put("hyperbolic.attention.b_key", key, logmap0(value.float(), c))
+            put("hyperbolic.attention.b_key", key, logmap0(value.float(), torch.tensor(curvature)))
         elif key == "geom_loss.temp":
             put("hyperbolic.contrastive.tau_logit", key, value)  # both: τ = sigmoid(·)·1.99 + 0.01
         elif key == "geom_loss.margin_base":
