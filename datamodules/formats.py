@@ -523,7 +523,8 @@ def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
     when ``on_bad_sample="skip"``. Missing files and line counts that disagree across the four
     files always raise; a bad sample raises (naming file, line and sample) unless skipping: a
     malformed ``.skels`` line, a line of any of the four files that is not UTF-8, an empty gloss
-    or text line, an empty name.
+    or text line, an empty name. A row blank in all four files is not a sample (PT skips it);
+    names and texts lose surrounding whitespace.
     """
     if on_bad_sample not in ("raise", "skip"):
         raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
@@ -541,6 +542,8 @@ def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
     samples, skipped = [], []
     for (number, skel), name, gloss, text in zip(_text_lines(paths["skels"]), lines["files"], lines["gloss"],
                                                  lines["text"]):
+        if all(isinstance(value, str) and not value.strip() for value in (name, gloss, text, skel)):
+            continue  # a blank row (e.g. a trailing empty line in all four files) is no sample, as in PT's loader
         try:
             for value in (name, gloss, text, skel):
                 if isinstance(value, ValueError):
@@ -554,5 +557,5 @@ def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
                 raise
             skipped.append((name if isinstance(name, str) and name.strip() else f"{split} line {number}", str(err)))
             continue
-        samples.append({"name": name, "gloss": gloss.split(), "text": text.strip(), "poses": poses})
+        samples.append({"name": name.strip(), "gloss": gloss.split(), "text": text.strip(), "poses": poses})
     return samples, skipped

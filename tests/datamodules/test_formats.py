@@ -70,6 +70,18 @@ def test_read_pt_split_reads_siblings(tmp_path):
     assert samples[1]["poses"].shape == (3, 50, 3)
 
 
+def test_read_pt_split_skips_a_trailing_blank_row_and_trims_names(tmp_path):
+    """Real PT files end with an empty line in all four files (the PT loader skips it) and carry
+    trailing spaces in `.files` names, which would then match no label."""
+    seqs = [np.full((2, 50, 3), 0.1, np.float32), np.full((3, 50, 3), -0.2, np.float32)]
+    _write_pt(tmp_path, "dev", seqs, ["A B", "C"], ["a b", "c"], ["dev/x ", "dev/y\t"])
+    for suffix in ("skels", "gloss", "text", "files"):
+        with (tmp_path / f"dev.{suffix}").open("a") as f:
+            f.write("\n")
+    samples, skipped = read_pt_split(tmp_path, "dev")
+    assert [s["name"] for s in samples] == ["dev/x", "dev/y"] and skipped == []
+
+
 def test_read_pt_split_line_count_mismatch(tmp_path):
     seqs = [np.zeros((2, 50, 3), np.float32)] * 2
     _write_pt(tmp_path, "dev", seqs, ["A", "B"], ["a", "b"], ["dev/x", "dev/y"])
