@@ -66,15 +66,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(cwd: Path, more: list[str], env: dict, timeout: float = 240) -> list[subprocess.CompletedProcess]:
-    """Both nodes at once, as `srun`/`torchrun` would start them; returns their results."""
+def _start_nodes(cwd: Path, more: list[str], env: dict, node_env: dict | None = None) -> list[subprocess.Popen]:
+    """Both nodes at once, as `srun`/`torchrun` would start them; `node_env` adds one node's variables."""
     exe = Path(sys.executable).with_name("lightning")
     port = str(_free_port())
     procs = []
     for node in (0, 1):
-        node_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node), "WORLD_SIZE": "2",
-                    "LOCAL_RANK": "0", **env}
+        environment = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node), "WORLD_SIZE": "2",
+                       "LOCAL_RANK": "0", **env, **(node_env or {}).get(node, {})}
         args = [str(exe), "fit", "--config", DEMO, "--config", str(cwd / "tiny.yaml"), "--config", MULTINODE,
                 "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2",
                 "--trainer.strategy.init_args.process_group_backend", "gloo",
@@ -82,8 +82,14 @@ def _launch(cwd: Path, more: list[str], env: dict, timeout: float = 240) -> list
                 "--trainer.sync_batchnorm", "false",  # SyncBatchNorm runs on GPUs only
                 "--trainer.default_root_dir", "runs/multinode", "--data.init_args.stream_dir", "chunks",
                 f"--trainer.callbacks+={NAMES}", *more]
-        procs.append(subprocess.Popen(args, cwd=cwd, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs.append(subprocess.Popen(args, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
+    return procs
+
+
+def _launch(cwd: Path, more: list[str], env: dict, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """Both nodes, waited for; returns their results."""
+    procs = _start_nodes(cwd, more, env)
     deadline = time.monotonic() + timeout
     results = []
     for proc in procs:
@@ -160,23 +166,8 @@ def test_a_node_that_dies_mid_epoch_stops_the_other_with_an_error_not_a_hang(chu
     # only node 1 is killed (SIGNLAB_TEST_KILL_AT_STEP in its environment alone); node 0's next
     # collective fails on the closed connection (or, were the peer silent, after the 1-minute
     # process-group timeout) instead of waiting forever
-    exe = Path(sys.executable).with_name("lightning")
-    port = str(_free_port())
-    procs = []
-    for node in (0, 1):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node), "WORLD_SIZE": "2",
-               "LOCAL_RANK": "0", "SIGNLAB_TEST_NAMES": str(chunks / "dead")}
-        if node == 1:
-            env["SIGNLAB_TEST_KILL_AT_STEP"] = "1"
-        procs.append(subprocess.Popen(
-            [str(exe), "fit", "--config", DEMO, "--config", "tiny.yaml", "--config", MULTINODE,
-             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2",
-             "--trainer.strategy.init_args.process_group_backend", "gloo",
-             "--trainer.strategy.init_args.timeout", "0:01:00", "--trainer.sync_batchnorm", "false",
-             "--trainer.default_root_dir", "runs/dead", "--data.init_args.stream_dir", "chunks",
-             f"--trainer.callbacks+={NAMES}"], cwd=chunks, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+    procs = _start_nodes(chunks, ["--trainer.default_root_dir", "runs/dead"],
+                         {"SIGNLAB_TEST_NAMES": str(chunks / "dead")}, {1: {"SIGNLAB_TEST_KILL_AT_STEP": "1"}})
     assert procs[1].wait(timeout=150) == -signal.SIGKILL
     start = time.monotonic()
     try:
