@@ -66,7 +66,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from datamodules.keypoints import NUM_COCO_KEYPOINTS, SCORE_THRESHOLD
-from datamodules.pose_format_io import write_bytes_atomically
+from datamodules.atomic_write import write_bytes_atomically
 
 VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm", "mpg", "mpeg", "m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")

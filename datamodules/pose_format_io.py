@@ -61,12 +61,11 @@ the model's units).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from datamodules.atomic_write import write_bytes_atomically
 from datamodules.keypoints import (FACE_COCO, LEFT_HAND_COCO, NUM_COCO_KEYPOINTS, PT_BONES,
                                    PT_LEFT_HAND, PT_NUM_JOINTS, PT_RIGHT_HAND, RIGHT_HAND_COCO)
 
@@ -244,22 +243,6 @@ PT_POINT_COLORS = ([(60, 90, 220)] * len(PT_BODY_POINT_NAMES) + [(0, 170, 0)] * 
                    + [(255, 128, 0)] * len(PT_RIGHT_HAND))
 
 
-def write_bytes_atomically(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
-    killed process leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def pt_pose_header():

@@ -33,7 +33,6 @@ import hashlib
 import logging
 import os
 import pickle
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -42,6 +41,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from datamodules.atomic_write import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -122,29 +123,13 @@ class _HashingWriter:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to `path` via temp file + checksum trailer + fsync + rename + folder fsync."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """`torch.save` to `path` with a checksum trailer, through `atomic_output` (temporary file,
+    fsync, rename, folder fsync)."""
     obj = plain_checkpoint(obj)
-    # A unique name in the same folder (rename is atomic only within a file system); "xb" keeps
-    # the user's umask, unlike mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            writer = _HashingWriter(f)
-            torch.save(obj, writer)  # torch's zip writer only appends, so the digest is of the file's bytes
-            f.write(TRAILER_MAGIC + writer.digest.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_output(path) as f:
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)  # torch's zip writer only appends, so the digest is of the file's bytes
+        f.write(TRAILER_MAGIC + writer.digest.digest())
 
 
 # ----------------------------------------------------------------------------------- loading

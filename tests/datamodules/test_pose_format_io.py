@@ -3,6 +3,7 @@ and ``write_pose_format`` output read by pose-format's ``Pose.read`` (and drawn 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 
 import numpy as np
@@ -229,7 +230,7 @@ def test_write_rejects_bad_input_and_keeps_the_old_file(tmp_path, monkeypatch):
 
     def killed(*args):
         raise KeyboardInterrupt  # the process dies between writing the temporary and the rename
-    monkeypatch.setattr(pfio.os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         pfio.write_pose_format(path, good + 0.1, fps=30)
     assert path.read_bytes() == before
