@@ -2,7 +2,7 @@
 
 Plain script: ``python benchmarks/encoder.py [--quick] [--out DIR]``.
 
-``PoseEncoder`` (lightning_modules/stgcn.py) is timed against ``reference_forward`` below: the
+``PoseEncoder`` (translation/stgcn.py) is timed against ``reference_forward`` below: the
 same module's weights run the way the released Uni-Sign code runs them (models.py
 ``Uni_Sign.forward``, stgcn_layers/stgcn_block.py): one pass per part in the order body, left,
 right, face, so the shared hand stream runs twice and its BatchNorms see each hand alone (and
@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import parse_args, print_table, timed, write_results  # noqa: E402
 from datamodules.keypoints import BODY_CONTEXT_NODE, PART_NAMES, PART_NODES  # noqa: E402
-from lightning_modules.stgcn import PoseEncoder, STGCNBlock  # noqa: E402
+from translation.stgcn import PoseEncoder, STGCNBlock  # noqa: E402
 
 PAPER = dict(encoder=dict(out_dim=768), batch=8, frames=256, rounds=6)  # PoseEncoder defaults = Uni-Sign
 QUICK = dict(encoder=dict(out_dim=12, hidden=(8, 8, 16), temporal_blocks=2, temporal_kernel=3),

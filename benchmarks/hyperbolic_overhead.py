@@ -56,7 +56,7 @@ from datamodules.batches import length_mask  # noqa: E402
 from datamodules.keypoints import PART_NAMES, PART_NODES  # noqa: E402
 from lightning_modules.callbacks import NonFiniteGuard  # noqa: E402
 from lightning_modules.geosign import GeoSignTranslator  # noqa: E402
-from lightning_modules.hyperbolic_branch import HyperbolicBranch, masked_mean  # noqa: E402
+from translation.hyperbolic_branch import HyperbolicBranch, masked_mean  # noqa: E402
 
 MODES = ("pooled", "token")
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import is_offline_mode
 
-from lightning_modules.hub import hub_id_failure, is_hub_id
+from datamodules.hub import hub_id_failure, is_hub_id
 
 # mT5's convention: pad 0, eos 1, unk 2, so targets built here look like mT5 targets.
 TEXT_SPECIALS = ("<pad>", "</s>", "<unk>")

@@ -39,7 +39,7 @@ from geometry.curvature import C_FLOOR
 from geometry.nn import TAU_MIN, TAU_RANGE
 
 from .checkpoint_io import load_checkpoint_file
-from .hub import resolve_weights_file
+from datamodules.hub import resolve_weights_file
 
 log = logging.getLogger(__name__)
 

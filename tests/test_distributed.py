@@ -101,7 +101,7 @@ def test_stgcn_batchnorms_become_sync_batchnorm_under_ddp():
     """What `sync_batchnorm: true` does to the pose encoder (SyncBatchNorm itself runs on GPU only)."""
     from lightning.pytorch.plugins import TorchSyncBatchNorm
 
-    from lightning_modules.stgcn import PoseEncoder
+    from translation.stgcn import PoseEncoder
 
     encoder = TorchSyncBatchNorm().apply(PoseEncoder(16, hidden=(8, 8, 16, 16), temporal_blocks=1))
     kinds = {type(m) for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}

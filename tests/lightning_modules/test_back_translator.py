@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from datamodules.batches import collate_production
 from datamodules.production import GlossPoseDataset
 from lightning_modules.back_translator import BackTranslator
-from lightning_modules.ctc import ctc_beam_decode, ctc_greedy_decode
+from translation.ctc import ctc_beam_decode, ctc_greedy_decode
 from lightning_modules.metrics import gloss_wer
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import geometry
 from datamodules.keypoints import PART_NAMES, PART_NODES
 from lightning_modules.geosign import GeoSignTranslator
-from lightning_modules.hyperbolic_branch import LossBlend
+from translation.hyperbolic_branch import LossBlend
 from lightning_modules.poincare_disk import disk_coordinates
 
 TINY_MT5 = dict(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.utils import is_offline_mode
 
-from .hub import hub_id_failure, is_hub_id
+from datamodules.hub import hub_id_failure, is_hub_id
 
 PROMPT = "Translate sign language video to {language}: "
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

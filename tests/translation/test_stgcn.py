@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from datamodules.keypoints import BODY_CONTEXT_NODE, PART_NAMES, PART_NODES
-from lightning_modules.stgcn import Graph, PoseEncoder, STGCNBlock, hop_distance
+from translation.stgcn import Graph, PoseEncoder, STGCNBlock, hop_distance
 
 CHAIN = [(0, 1), (1, 2)]  # 0 - 1 - 2, center 0; neighbour counts incl. self: 2, 3, 2
 TINY = dict(hidden=(8, 8, 16), temporal_blocks=2, temporal_kernel=3)

@@ -7,8 +7,8 @@ import re
 import huggingface_hub
 import pytest
 
-import lightning_modules.hub as hub
-from lightning_modules.hub import HubFile, parse_hub_reference, resolve_weights_file
+import datamodules.hub as hub
+from datamodules.hub import HubFile, parse_hub_reference, resolve_weights_file
 from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache  # noqa: F401 (fixtures)
 
 UNISIGN = "hf://ZechengLi19/Uni-Sign/csl_stage1_weight.pth"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
 
-from lightning_modules.language_model import PROMPT, SignLanguageModel, build_mt5
+from translation.language_model import PROMPT, SignLanguageModel, build_mt5
 from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache, use_cache  # noqa: F401 (fixtures)
 
 WORDS = ["Translate", "sign", "language", "video", "to", "Chinese", ":", "he", "is", "four", "today"]
