@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIRNAME = "checkpoints"
 LOCK_FILE = "fit.lock"  # in the run folder; holds the PID of the fit that has it locked
 STEP_CHECKPOINT_EVERY = 100  # optimizer steps between mid-epoch `last.ckpt` saves (a crash loses at most these)
-SIGNLAB_PACKAGES = ("lightning_modules", "datamodules", "generation", "geometry")
+SIGNLAB_PACKAGES = ("lightning_modules", "datamodules", "generation", "translation", "geometry")
 DESCRIPTION = "signlab: sign language translation and production experiments (LightningCLI)"
 
 
