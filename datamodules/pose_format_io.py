@@ -66,10 +66,15 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.atomic_write import write_bytes_atomically
+from datamodules.formats import MAX_UNPICKLED_BYTES
 from datamodules.keypoints import (FACE_COCO, LEFT_HAND_COCO, NUM_COCO_KEYPOINTS, PT_BONES,
                                    PT_LEFT_HAND, PT_NUM_JOINTS, PT_RIGHT_HAND, RIGHT_HAND_COCO)
 
 PathLike = str | Path
+
+# pose-format reads a whole file and copies its arrays, so a file costs about twice its size in memory:
+# the pose pickles' per-file budget, ~670k frames of 133 (x, y, confidence) float32 points for one person.
+MAX_POSE_FILE_BYTES = MAX_UNPICKLED_BYTES
 
 # --------------------------------------------------------------------------------------------
 # Layouts
@@ -129,12 +134,19 @@ def read_pose_format(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     COCO-WholeBody-133 and MediaPipe Holistic files (module docstring for the mapping). A file
     pose-format cannot parse, with components of neither layout, no frame, no person, a zero
-    width or height, or non-finite coordinates of a scored point raises ValueError naming it.
+    width or height, or non-finite coordinates of a scored point raises ValueError naming it; so
+    does a file over ``MAX_POSE_FILE_BYTES`` or whose header declares more pose data than the file
+    holds (``check_declared_size``), before anything is read or allocated.
     """
     pose_format = _import_pose_format()
     path = Path(path)
-    data = path.read_bytes()  # a missing file stays FileNotFoundError, as for the pickles
+    size = path.stat().st_size  # a missing file stays FileNotFoundError, as for the pickles
+    if size > MAX_POSE_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes; a .pose file may hold at most {MAX_POSE_FILE_BYTES} "
+                         "(pose-format reads all of it, then copies it)")
+    data = path.read_bytes()
     try:
+        check_declared_size(data)
         pose = pose_format.Pose.read(data)
     except Exception as err:  # struct.error, ValueError, UnicodeDecodeError, ... on a corrupt file
         raise ValueError(f"{path}: not a readable .pose file ({type(err).__name__}: {err})") from err
@@ -142,6 +154,29 @@ def read_pose_format(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         return _to_coco_wholebody(pose)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def check_declared_size(data: bytes) -> None:
+    """ValueError when the body sizes a version-0.2 header declares (frames x people x points x
+    (dims + 1) float32 values: coordinates and confidence) exceed the bytes after it: a truncated
+    file, or a forged one whose counts would make pose-format size its arrays from the header
+    rather than the file. Version 0.1 files are skipped: pose-format derives their frame count from
+    the file size."""
+    from pose_format.pose_header import PoseHeader
+    from pose_format.utils.reader import BufferReader, ConstStructs
+    reader = BufferReader(data)
+    header = PoseHeader.read(reader)
+    if round(header.version, 3) != 0.2:
+        return
+    reader.unpack(ConstStructs.float)  # fps
+    frames = reader.unpack(ConstStructs.uint)
+    people = reader.unpack(ConstStructs.ushort)
+    points, dims = sum(len(c.points) for c in header.components), header.num_dims()
+    declared = frames * people * points * (dims + 1) * np.dtype(np.float32).itemsize
+    if declared > reader.bytes_left():
+        raise ValueError(f"the header declares {frames} frames x {people} people x {points} points x "
+                         f"{dims} dims + confidence ({declared} bytes) but the file holds "
+                         f"{reader.bytes_left()} bytes of pose data")
 
 
 def _sources(header) -> np.ndarray:

@@ -184,6 +184,44 @@ def test_unknown_corrupt_and_empty_files_name_the_file(tmp_path):
         pfio.read_pose_format(tmp_path / "missing.pose")
 
 
+def _header_end(data: bytes) -> int:
+    from pose_format.utils.reader import BufferReader
+    reader = BufferReader(data)
+    PoseHeader.read(reader)
+    return reader.read_offset
+
+
+@pytest.mark.parametrize("people", [1, 60000])
+def test_forged_frame_count_is_refused_before_pose_format_allocates(tmp_path, monkeypatch, people):
+    pixels, confidence = _coco_pose(np.random.default_rng(3), frames=4, people=1)
+    good = _write(tmp_path / "good.pose", cocowholebody_components(), pixels, confidence)
+    data = bytearray(good.read_bytes())
+    body = _header_end(bytes(data))  # then fps (float), frames (uint32), people (uint16)
+    data[body + 4:body + 8] = (4_000_000_000).to_bytes(4, "little")
+    data[body + 8:body + 10] = people.to_bytes(2, "little")
+    (tmp_path / "forged.pose").write_bytes(bytes(data))
+
+    def no_body(*args, **kwargs):
+        raise AssertionError("the body was read despite the forged header")
+
+    monkeypatch.setattr(NumPyPoseBody, "read", classmethod(no_body))
+    with pytest.raises(ValueError, match=r"forged\.pose: not a readable \.pose file .*declares 4000000000 frames x "
+                                         rf"{people} people x 133 points x 2 dims"):
+        pfio.read_pose_format(tmp_path / "forged.pose")
+    monkeypatch.undo()
+    keypoints, _ = pfio.read_pose_format(good)  # the untouched file still reads
+    assert keypoints.shape == (4, 133, 2)
+
+
+def test_file_over_the_budget_is_refused_unread(tmp_path, monkeypatch):
+    pixels, confidence = _coco_pose(np.random.default_rng(4), frames=3, people=1)
+    path = _write(tmp_path / "big.pose", cocowholebody_components(), pixels, confidence)
+    monkeypatch.setattr(pfio, "MAX_POSE_FILE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    with pytest.raises(ValueError, match=rf"big\.pose: {path.stat().st_size} bytes; a \.pose file may hold at most"):
+        pfio.read_pose_format(path)
+
+
 def test_written_production_output_reads_back_through_pose_format(tmp_path):
     rng = np.random.default_rng(2)
     poses = rng.uniform(-0.4, 0.4, (7, PT_NUM_JOINTS, 3)).astype(np.float32)
