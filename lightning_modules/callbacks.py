@@ -6,6 +6,8 @@
   counted and logged as `train/skipped_steps`, instead of writing NaN into the weights.
 - `BadSampleReport`: prints the samples the DataModule skipped, by reason, when fitting ends
   (the models log the running count as `data/skipped`).
+- `LearningRateLog`: the learning rates, by param-group name (`lr/euclidean`, `lr/hyperbolic`, or
+  `lr` for a model whose groups share one schedule).
 
 Everything a checkpoint carries here is tensors, ints and strings, so checkpoints stay loadable
 with `torch.load(weights_only=True)`.
@@ -174,3 +176,49 @@ class BadSampleReport(Callback):
             lines = [f"  {reason}: {', '.join(sorted(names))}" for reason, names in sorted(skipped.items())]
             print(f"rank {trainer.global_rank}: skipped {total} bad samples{left_out}:\n" + "\n".join(lines),
                   flush=True)
+
+
+# ------------------------------------------------------------------------------ learning rates
+
+def learning_rate_keys(groups: list[dict]) -> list[str | None]:
+    """The metric key of each param group's learning rate; None for a group drawn by another's curve.
+
+    A group's key is `lr/<its name>`, or `lr` when it has no `name`. Groups with one key (a weight
+    decay and a no-decay half of one optimiser) follow one schedule, so the first draws the curve;
+    unless they start at different rates, and then each gets its position: `lr/pg1`, `lr/pg2`.
+    """
+    keys = ["lr" if group.get("name") is None else f"lr/{group['name']}" for group in groups]
+    result: list[str | None] = []
+    for i, (key, group) in enumerate(zip(keys, groups)):
+        sharing = [g for k, g in zip(keys, groups) if k == key]
+        if len({g["lr"] for g in sharing}) > 1:
+            result.append(f"{key}/pg{i + 1}")
+        else:
+            result.append(key if group is sharing[0] else None)
+    return result
+
+
+class LearningRateLog(Callback):
+    """Logs each optimizer's learning rates under readable keys (`learning_rate_keys`), at the steps
+    where Lightning writes the other training metrics (every `log_every_n_steps`), as the rate the
+    coming optimizer step uses. Lightning's `LearningRateMonitor` names them `lr-<Optimizer>/pg<i>`
+    and refuses two groups of one name."""
+
+    def __init__(self) -> None:
+        self._keys: list[str | None] = []
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._keys = learning_rate_keys(self._groups(trainer))
+
+    @staticmethod
+    def _groups(trainer: Trainer) -> list[dict]:
+        return [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if not trainer.loggers or not trainer._logger_connector.should_update_logs:
+            return
+        rates = {key: float(group["lr"]) for key, group in zip(self._keys, self._groups(trainer)) if key}
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step the other metrics are logged at
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=step)

@@ -6,7 +6,8 @@
 
 Every run lives in `trainer.default_root_dir` (the YAMLs set `runs/<experiment>`): checkpoints in
 `<run>/checkpoints/` (`last.ckpt` plus the best by the monitored metric), the resolved config in
-`<run>/config.yaml`, W&B files under `<run>/wandb/`.
+`<run>/config.yaml` (whichever logger), W&B files under `<run>/wandb/`. Other loggers come from an
+overlay: `--config experiments/loggers/csv.yaml` (or `tensorboard.yaml`, the `tensorboard` extra).
 
 What differs from plain LightningCLI, and why:
 - `--ckpt_path last` resolves to `<run>/checkpoints/last.ckpt` and fails with an error naming that
@@ -20,7 +21,10 @@ What differs from plain LightningCLI, and why:
 - One writer per run folder: `fit` holds an `flock` on `<run>/fit.lock`; a second `fit` in the
   same folder stops at once, naming the PID of the one that holds it.
 - The resolved config is overwritten on a second run in the same folder (Lightning #7679 makes
-  that an error) and is also sent to the W&B run config (Lightning #14628).
+  that an error), is written to the run folder whatever the logger (Lightning writes it to a CSV or
+  TensorBoard logger's `version_<n>` folder) and is also sent to the W&B run config (Lightning
+  #14628).
+- Every run logs its learning rates by param-group name (`lr/euclidean`, `lr/hyperbolic`, `lr`).
 - `WANDB_MODE` from the environment wins over a YAML's `offline: true`.
 - With `--ckpt_path path/to/file.ckpt` the config and command line still define the model, as
   with `last` and `best`: Lightning 2.6 re-applies the checkpoint's saved hyperparameters over
@@ -32,10 +36,14 @@ What differs from plain LightningCLI, and why:
   optimizer steps, checkpoints carry the RNG states and the W&B run id, writes are atomic, a
   non-finite step is skipped (`train/skipped_steps`) and skipped bad samples are reported.
   On `--ckpt_path last` the W&B logger continues the checkpoint's run id.
+- `validate`, `test` and `predict` log into the W&B run of the checkpoint they evaluate, else of
+  the run folder's last fit (`<run>/wandb_id`), so their scores land on the training dashboard;
+  `--new_wandb_run true` starts a run of their own, and an `id` in the logger's config wins.
 """
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 import sys
@@ -51,7 +59,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightning_modules.callbacks import WANDB_ID_FILE, BadSampleReport, NonFiniteGuard, ResumeState
+from lightning_modules.callbacks import (WANDB_ID_FILE, BadSampleReport, LearningRateLog, NonFiniteGuard,
+                                         ResumeState)
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -107,13 +116,23 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 class SaveConfigToRun(SaveConfigCallback):
-    """Writes `<run>/config.yaml` (overwriting) and sends the resolved config to W&B."""
+    """Writes `<run>/config.yaml` (overwriting) and sends the resolved config to W&B: a fit's at the
+    top of the run config, a validate/test/predict's under its own name (`test: {...}`), so that
+    evaluating into the fit's run (`SignLabCLI._continue_wandb_run`) keeps the fit's config there.
+    Built with `save_to_log_dir=False`: Lightning's own file goes to `trainer.log_dir`, which is
+    a `version_<n>` folder under a CSV or TensorBoard logger."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, run_dir / self.config_filename, skip_none=False,
+                         overwrite=self.overwrite, multifile=self.multifile)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 # Flatten jsonargparse's Namespace into plain types wandb can store.
-                logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+                config = self.config.as_dict()
+                logger.experiment.config.update(config if stage == "fit" else {stage: config},
+                                                allow_val_change=True)
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -201,7 +220,7 @@ class SignLabCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=SaveConfigToRun,
-            save_config_kwargs={"overwrite": True},
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
             parser_kwargs={"parser_mode": "omegaconf+", "description": DESCRIPTION},
             args=args,
             run=run,
@@ -220,6 +239,9 @@ class SignLabCLI(LightningCLI):
         parser.set_defaults({"step_checkpoint.every_n_train_steps": STEP_CHECKPOINT_EVERY,
                              "step_checkpoint.save_top_k": 0, "step_checkpoint.save_last": True,
                              "step_checkpoint.enable_version_counter": False})
+        parser.add_argument("--new_wandb_run", type=bool, default=False,
+                            help="log to a new W&B run instead of the one this command continues: the "
+                                 "checkpoint's, or for validate/test/predict the run folder's last fit")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -228,6 +250,7 @@ class SignLabCLI(LightningCLI):
             if section.dirpath is None:
                 section.dirpath = str(checkpoint_dir(run_dir))
         self._respect_wandb_mode(config)
+        self._require_logger_packages(config)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -239,19 +262,33 @@ class SignLabCLI(LightningCLI):
         # ResumeState goes first: its RNG restore must precede every other batch-start hook.
         callbacks = trainer_config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        kwargs["callbacks"] = [ResumeState(), *callbacks, NonFiniteGuard(), BadSampleReport()]
+        kwargs["callbacks"] = [ResumeState(), *callbacks, NonFiniteGuard(), BadSampleReport(), LearningRateLog()]
         return super().instantiate_trainer(**kwargs)
 
     @staticmethod
-    def _respect_wandb_mode(config) -> None:
+    def _logger_configs(config) -> list:
+        loggers = config.trainer.logger
+        return loggers if isinstance(loggers, list) else [loggers]
+
+    @classmethod
+    def _respect_wandb_mode(cls, config) -> None:
         env_mode = os.environ.get("WANDB_MODE")
         if env_mode is None:
             return
-        loggers = config.trainer.logger
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
+        for logger in cls._logger_configs(config):
             if getattr(logger, "class_path", "").endswith("WandbLogger"):
                 # Lightning's offline=True overwrites WANDB_MODE process-wide; the user's choice wins.
                 logger.init_args.offline = env_mode in ("offline", "dryrun")
+
+    @classmethod
+    def _require_logger_packages(cls, config) -> None:
+        """Lightning's own error for a missing tensorboard names no way to get it."""
+        for logger in cls._logger_configs(config):
+            if (getattr(logger, "class_path", "").endswith("TensorBoardLogger")
+                    and importlib.util.find_spec("tensorboard") is None
+                    and importlib.util.find_spec("tensorboardX") is None):
+                raise ModuleNotFoundError("TensorBoardLogger needs the tensorboard package, an optional "
+                                          "extra of signlab: pip install -e '.[tensorboard]'")
 
     def _parse_ckpt_path(self) -> None:
         """Nothing: the checkpoint gives weights and training state, never init args (see the module docstring)."""
@@ -269,7 +306,7 @@ class SignLabCLI(LightningCLI):
         self._resolve_ckpt_path()
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path"):
-            self._continue_wandb_run(config["ckpt_path"], config.get("weights_only"))
+            self._continue_wandb_run()
 
     def fit(self, **kwargs) -> None:
         """`trainer.fit` holding the run folder's lock (rank 0 only: DDP's other ranks are this
@@ -280,14 +317,18 @@ class SignLabCLI(LightningCLI):
         with run_folder_lock(self.trainer.default_root_dir):
             self.trainer.fit(**kwargs)
 
-    def _continue_wandb_run(self, ckpt_path: str, weights_only: bool | None) -> None:
-        """Point the W&B logger at the checkpoint's run id (its experiment is created later, lazily)."""
+    def _continue_wandb_run(self) -> None:
+        """Point the W&B logger at the checkpoint's run id, else at the run folder's last fit's (its
+        experiment is created later, lazily); not with `--new_wandb_run true` or an `id` in the config."""
+        config = self.config_init[self.subcommand]
         loggers = [lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or loggers[0]._experiment is not None:
+        if (not loggers or loggers[0]._experiment is not None or loggers[0]._id is not None
+                or config.get("new_wandb_run")):
             return
-        checkpoint = load_checkpoint_file(ckpt_path, mmap=True, weights_only=weights_only)
-        state = checkpoint.get("callbacks", {}).get("ResumeState", {})
-        run_id = state.get("wandb_id")
+        run_id = None
+        if config.get("ckpt_path"):
+            checkpoint = load_checkpoint_file(config["ckpt_path"], mmap=True, weights_only=config.get("weights_only"))
+            run_id = checkpoint.get("callbacks", {}).get("ResumeState", {}).get("wandb_id")
         id_file = Path(self.trainer.default_root_dir) / WANDB_ID_FILE
         if run_id is None and id_file.is_file():
             run_id = id_file.read_text().strip() or None
@@ -297,12 +338,15 @@ class SignLabCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._resolve_ckpt_path()
+        self._continue_wandb_run()
 
     def before_test(self) -> None:
         self._resolve_ckpt_path()
+        self._continue_wandb_run()
 
     def before_predict(self) -> None:
         self._resolve_ckpt_path()
+        self._continue_wandb_run()
 
 
 def show_signlab_logs() -> None:

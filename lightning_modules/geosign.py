@@ -176,7 +176,8 @@ class GeoSignTranslator(LightningModule):
         return self.lm.generate(embeds, batch["frame_mask"], num_beams=self.hparams.num_beams,
                                 max_new_tokens=self.hparams.max_new_tokens)
 
-    def _evaluation_step(self, batch: dict, dataloader_idx: int) -> None:
+    def _evaluation_step(self, batch: dict, dataloader_idx: int) -> Tensor:
+        """Beam-search the batch into the epoch's outputs; returns the pose embeddings (B, T, d_model)."""
         embeds, part_features = self._encode(batch)
         hyps = self.lm.generate(embeds, batch["frame_mask"], num_beams=self.hparams.num_beams,
                                 max_new_tokens=self.hparams.max_new_tokens)
@@ -185,9 +186,14 @@ class GeoSignTranslator(LightningModule):
         if self.hyperbolic is not None and sum(len(p) for p in self._disk_points) < self.hparams.max_disk_points:
             pooled = self.hyperbolic.pool_parts(part_features, batch["frame_mask"])  # (B, P, C)
             self._disk_points.append(pooled.float().cpu())  # projected once at epoch end
+        return embeds
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluation_step(batch, dataloader_idx)
+        embeds = self._evaluation_step(batch, dataloader_idx)
+        # The dev set's teacher-forced CE (label-smoothed as train/loss_ce): the overfitting curve
+        # BLEU cannot draw, for one more mT5 pass beside beam search's max_new_tokens decoder steps.
+        out = self.lm(embeds, batch["frame_mask"], batch["target_ids"], batch["target_mask"])
+        self.log("val/loss_ce", out.loss.detach().float(), batch_size=embeds.shape[0], sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step(batch, dataloader_idx)

@@ -5,6 +5,10 @@ Geo-Sign trains Euclidean parameters with AdamW and the hyperbolic branch with R
 clipping, mixed precision, checkpointing); `JointOptimizer` is one `torch.optim.Optimizer` whose
 `param_groups`, `state`, `step`, `zero_grad` and `state_dict` cover both, so all of that keeps
 working and both optimisers land in every checkpoint.
+
+Each inner optimiser's param groups are named after what they train, for the learning-rate curves
+(`lr/<name>`, `callbacks.LearningRateLog`): `hyperbolic` for geoopt's Riemannian optimisers, which
+Geo-Sign gives its hyperbolic branch, `euclidean` for the others.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator, MutableMapping
 
 import torch
+from geoopt.optim.mixin import OptimMixin
 from torch.optim import Optimizer
 
 
@@ -47,12 +52,18 @@ class _JointState(MutableMapping):
         return sum(len(opt.state) for opt in self._optimizers)
 
 
+def group_name(optimizer: Optimizer) -> str:
+    """The name of an inner optimiser's param groups: what it trains."""
+    return "hyperbolic" if isinstance(optimizer, OptimMixin) else "euclidean"
+
+
 class JointOptimizer(Optimizer):
     """Steps several optimisers together; evaluates the closure once for all of them."""
 
     def __init__(self, optimizers: list[Optimizer]) -> None:
         # Deliberately no super().__init__: the groups and state live in the inner optimisers.
         self.optimizers = optimizers
+        self._name_groups()
         self.defaults = {}
         self._optimizer_step_pre_hooks = {}
         self._optimizer_step_post_hooks = {}
@@ -60,6 +71,11 @@ class JointOptimizer(Optimizer):
         self._optimizer_state_dict_post_hooks = {}
         self._optimizer_load_state_dict_pre_hooks = {}
         self._optimizer_load_state_dict_post_hooks = {}
+
+    def _name_groups(self) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["name"] = group_name(opt)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -93,6 +109,7 @@ class JointOptimizer(Optimizer):
             raise ValueError(f"checkpoint holds {len(saved)} optimisers, this model has {len(self.optimizers)}")
         for opt, sd in zip(self.optimizers, saved):
             opt.load_state_dict(sd)
+        self._name_groups()  # loading replaces the group dicts, and checkpoints before the names had none
 
     def __repr__(self) -> str:
         return f"JointOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
