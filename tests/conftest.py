@@ -1,39 +1,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from tests.cli_runs import REPO
 
 # Tests never download: every Hugging Face load reads a cache (the tests build their own). Set
 # before huggingface_hub is imported (it reads these once); CLI subprocesses inherit them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-# A seconds-sized Geo-Sign model, merged over a demo config by the CLI tests (the `model:` section).
-TINY_GEOSIGN_MODEL = """\
-model:
-  init_args:
-    mt5_config: {d_model: 32, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-                 d_kv: 16, dropout_rate: 0.1, vocab_size: 256}
-    encoder: {hidden: [8, 8, 16, 16], temporal_blocks: 1}
-    hyp_dim: 16
-    num_beams: 1
-    max_new_tokens: 5
-"""
-
-
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the installed `lightning` console script in `cwd`, as a user would."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true", **(env or {})}
-    full_env.pop("WANDB_MODE", None) if env is None or "WANDB_MODE" not in env else None
-    exe = Path(sys.executable).with_name("lightning")
-    return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture
@@ -53,3 +33,41 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# Hugging Face caches (tests/hf_cache.py). Imported when used: huggingface_hub and transformers
+# take seconds to import, which the tests that never touch a hub should not pay.
+
+
+@pytest.fixture
+def offline_cache(monkeypatch, tmp_path) -> Iterator[Path]:
+    """HF_HUB_OFFLINE=1 with an empty private cache; returns the hub cache folder."""
+    from huggingface_hub.utils import reset_sessions
+
+    from tests.hf_cache import use_cache
+
+    yield use_cache(monkeypatch, tmp_path / "hf", offline=True)
+    reset_sessions()  # no offline session outlives the test
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """Online mode with an empty private cache and every huggingface_hub request answered by a
+    `FakeHub` (nothing leaves the machine): yields (cache folder, hub); add repos to `hub.repos`."""
+    import huggingface_hub
+    import requests
+
+    from tests.hf_cache import FakeHub, use_cache
+
+    cache = use_cache(monkeypatch, tmp_path / "hf", offline=False)
+    hub = FakeHub({})
+
+    def session() -> requests.Session:
+        s = requests.Session()
+        s.mount("http://", hub)
+        s.mount("https://", hub)
+        return s
+
+    huggingface_hub.configure_http_backend(backend_factory=session)
+    yield cache, hub
+    huggingface_hub.configure_http_backend()  # huggingface_hub's own sessions again

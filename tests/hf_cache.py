@@ -1,4 +1,5 @@
-"""A private Hugging Face cache for a test, offline or behind a fake Hub: tests never download.
+"""A private Hugging Face cache for a test, offline or behind a fake Hub: tests never download
+(the `offline_cache` and `fake_hub` fixtures of conftest.py).
 
 huggingface_hub and transformers read HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE once, at import, into
 module constants (and huggingface_hub builds its HTTP sessions from them), so setting the
@@ -9,11 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-import huggingface_hub
-import pytest
 import requests
 import transformers.utils.hub
 from huggingface_hub import constants
@@ -91,27 +89,3 @@ class FakeHub(requests.adapters.BaseAdapter):
     def close(self) -> None:
         pass
 
-
-@pytest.fixture
-def offline_cache(monkeypatch, tmp_path) -> Iterator[Path]:
-    """HF_HUB_OFFLINE=1 with an empty private cache; returns the hub cache folder."""
-    yield use_cache(monkeypatch, tmp_path / "hf", offline=True)
-    reset_sessions()  # no offline session outlives the test
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path) -> Iterator[tuple[Path, FakeHub]]:
-    """Online mode with an empty private cache and every huggingface_hub request answered by a
-    `FakeHub` (nothing leaves the machine): returns (cache folder, hub); add repos to `hub.repos`."""
-    cache = use_cache(monkeypatch, tmp_path / "hf", offline=False)
-    hub = FakeHub({})
-
-    def session() -> requests.Session:
-        s = requests.Session()
-        s.mount("http://", hub)
-        s.mount("https://", hub)
-        return s
-
-    huggingface_hub.configure_http_backend(backend_factory=session)
-    yield cache, hub
-    huggingface_hub.configure_http_backend()  # huggingface_hub's own sessions again

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.cli_runs import REPO, run_cli
 from tests.wandb_offline import offline_runs, read_offline_run
 
 TINY = str(REPO / "tests" / "cli_fixtures" / "tiny.yaml")

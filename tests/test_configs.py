@@ -11,13 +11,11 @@ import torch
 import yaml
 
 from lightning_modules.cli import SignLabCLI
-from tests.conftest import REPO
+from tests.cli_runs import REPO
+from tests.geosign_models import MT5_BASE
 
 EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
 PAPER_GEOSIGN = [p for p in EXPERIMENTS if p.parent.name != "demo" and p.stem in ("geosign_token", "geosign_pooled", "unisign_pose")]
-# google/mt5-base's architecture (config.json on the hub), used with random weights.
-MT5_BASE = dict(vocab_size=250112, d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12,
-                num_heads=12, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 RELEASED_UNISIGN_POSE = 587_747_368  # Uni-Sign pose-only, built from the release (../shared/data/released)
 
 

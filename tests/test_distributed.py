@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, run_cli
-from tests.test_resume import GEOSIGN_TOKEN, STEP_LOG, TINY_DIFFUSION, TINY_GEOSIGN, TINY_VQVAE, _losses, _ok
+from tests.cli_runs import (GEOSIGN_TOKEN, REPO, STEP_LOG, TINY_DIFFUSION, TINY_GEOSIGN, TINY_VQVAE, ok, run_cli,
+                            step_losses)
 
 PROBE = "tests.cli_fixtures.ddp_probe.GatheredDevNames"
 STRATEGIES = REPO / "experiments" / "strategies"
@@ -21,12 +21,12 @@ NUM_DEV = 7  # odd, so the two ranks hold 4 and 3 dev samples
 def test_ddp_two_cpu_processes_score_every_dev_sample_once(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY_GEOSIGN.replace("num_dev: 6", f"num_dev: {NUM_DEV}"))
     probe = tmp_path / "probe.jsonl"
-    _ok(run_cli(["fit", "--config", GEOSIGN_TOKEN, "--config", str(tmp_path / "tiny.yaml"),
-                 "--trainer.default_root_dir", "runs/ddp", "--trainer.max_epochs", "1",
-                 "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                 "--model.init_args.gather_negatives", "true", f"--trainer.callbacks+={PROBE}"],
-                cwd=tmp_path, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-                                   "SIGNLAB_TEST_PROBE": str(probe)}))
+    ok(run_cli(["fit", "--config", GEOSIGN_TOKEN, "--config", str(tmp_path / "tiny.yaml"),
+                "--trainer.default_root_dir", "runs/ddp", "--trainer.max_epochs", "1",
+                "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                "--model.init_args.gather_negatives", "true", f"--trainer.callbacks+={PROBE}"],
+               cwd=tmp_path, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                                  "SIGNLAB_TEST_PROBE": str(probe)}))
     (record,) = [json.loads(line) for line in probe.read_text().splitlines()]
     assert record["world"] == 2
     assert len(record["names"]) == NUM_DEV == len(set(record["names"]))  # none dropped, none twice
@@ -40,12 +40,12 @@ def test_ddp_two_cpu_processes_score_every_dev_sample_once(tmp_path):
 @pytest.mark.slow
 def test_bf16_mixed_geosign_token_trains_with_finite_losses(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY_GEOSIGN)
-    _ok(run_cli(["fit", "--config", GEOSIGN_TOKEN, "--config", str(tmp_path / "tiny.yaml"),
-                 "--trainer.default_root_dir", "runs/bf16", "--trainer.max_epochs", "1",
-                 "--trainer.precision", "bf16-mixed", f"--trainer.callbacks+={STEP_LOG}"],
-                cwd=tmp_path, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2",
-                                   "SIGNLAB_TEST_STEP_LOG": str(tmp_path / "steps.log")}))
-    losses = _losses(tmp_path / "steps.log")
+    ok(run_cli(["fit", "--config", GEOSIGN_TOKEN, "--config", str(tmp_path / "tiny.yaml"),
+                "--trainer.default_root_dir", "runs/bf16", "--trainer.max_epochs", "1",
+                "--trainer.precision", "bf16-mixed", f"--trainer.callbacks+={STEP_LOG}"],
+               cwd=tmp_path, env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2",
+                                  "SIGNLAB_TEST_STEP_LOG": str(tmp_path / "steps.log")}))
+    losses = step_losses(tmp_path / "steps.log")
     assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v) for v in losses.values())
     ckpt = torch.load(tmp_path / "runs/bf16/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["callbacks"]["NonFiniteGuard"] == {"skipped": 0}
@@ -62,11 +62,11 @@ def test_production_chain_trains_under_ddp_and_bf16(tmp_path):
                 "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1"]
     env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     (tmp_path / "vq.yaml").write_text(TINY_VQVAE)
-    _ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/pose_vqvae.yaml"), "--config", "vq.yaml",
-                 "--trainer.default_root_dir", "runs/vq", *ddp_bf16], cwd=tmp_path, env=env))
+    ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/pose_vqvae.yaml"), "--config", "vq.yaml",
+                "--trainer.default_root_dir", "runs/vq", *ddp_bf16], cwd=tmp_path, env=env))
     (tmp_path / "tiny.yaml").write_text(TINY_DIFFUSION)
-    _ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/posevq_diffusion.yaml"), "--config", "tiny.yaml",
-                 "--trainer.default_root_dir", "runs/diffusion", *ddp_bf16], cwd=tmp_path, env=env))
+    ok(run_cli(["fit", "--config", str(REPO / "experiments/demo/posevq_diffusion.yaml"), "--config", "tiny.yaml",
+                "--trainer.default_root_dir", "runs/diffusion", *ddp_bf16], cwd=tmp_path, env=env))
     for run in ("vq", "diffusion"):
         ckpt = torch.load(tmp_path / f"runs/{run}/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
         assert ckpt["global_step"] == 24 // (4 * 2), run  # 24 samples, batch 4, 2 ranks

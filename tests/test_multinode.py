@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import Callback
 
-from tests.conftest import REPO, TINY_GEOSIGN_MODEL
+from tests.cli_runs import REPO, TINY_GEOSIGN_MODEL
 
-pytest.importorskip("litdata")
+pytest.importorskip("litdata", reason="litdata is the optional `stream` extra")
 
 DEMO = str(REPO / "experiments" / "demo" / "csl_news_pretrain.yaml")
 MULTINODE = str(REPO / "experiments" / "strategies" / "multinode.yaml")

@@ -18,7 +18,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration
 
 from datamodules.synthetic import generate, spoken_sentences_for_tokenizer
 from datamodules.tokenization import build_word_level_tokenizer
-from tests.conftest import REPO, run_cli
+from tests.cli_runs import REPO, run_cli
 from tests.hf_cache import cached_snapshot
 from tests.released_layout import released_names
 

@@ -9,8 +9,8 @@ import pytest
 
 from lightning_modules.checkpoint_io import UNSAFE_LOAD_ENV, atomic_torch_save, load_checkpoint_file
 from lightning_modules.cli import LOCK_FILE, RunFolderBusyError, run_folder_lock
-from tests.conftest import REPO, run_cli
-from tests.lightning_modules.test_checkpoint_io import evil_checkpoint
+from tests.cli_runs import REPO, run_cli
+from tests.hostile_files import evil_checkpoint
 
 TINY = str(REPO / "tests" / "cli_fixtures" / "tiny.yaml")
 NO_WANDB = ["--trainer.logger", "false"]

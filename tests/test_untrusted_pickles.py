@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from datamodules.formats import (MAX_POSE_VALUES, UnsafePickleError, load_pickle, read_pose_pickle,
                                  read_unisign_labels)
-from tests.conftest import REPO
+from tests.cli_runs import REPO
+from tests.hostile_files import V8_FORGERY, bytes_, dtype_, global_, int_, pickled, str_
 
 CALLS: list = []
 
@@ -25,45 +26,6 @@ def canary(*args):
     """A global a hostile pickle names: if the reader ever calls it, code ran."""
     CALLS.append(args)
     return args
-
-
-# ------------------------------------------------------------------------ hand-written pickles
-
-
-def _str(text: str) -> bytes:
-    raw = text.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
-
-
-def _bytes(raw: bytes) -> bytes:
-    return b"B" + struct.pack("<I", len(raw)) + raw  # BINBYTES
-
-
-def _int(n: int) -> bytes:
-    return b"J" + struct.pack("<i", n)  # BININT
-
-
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _dtype(spec: str, copy: bool = True) -> bytes:
-    return _global("numpy", "dtype") + _str(spec) + b"\x89" + (b"\x88" if copy else b"\x89") + b"\x87R"
-
-
-def _pickle(body: bytes) -> bytes:
-    return b"\x80\x04" + body + b"."
-
-
-V8_FORGERY = _pickle(  # an array of dtype('V8') over 8 raw bytes, then that dtype's __setstate__ gives it an
-    # object field: the array's bytes become a PyObject pointer (a segfault when read or freed)
-    _dtype("V8") + b"\x94" + b"0"
-    + _global("numpy.core.multiarray", "_reconstruct") + _global("numpy", "ndarray") + _int(0) + b"\x85"
-    + _bytes(b"b") + b"\x87R"
-    + b"(" + _int(1) + _int(1) + b"\x85" + b"h\x00" + b"\x89" + _bytes(b"\x41" * 8) + b"tb"
-    + b"h\x00" + b"(" + _int(3) + _str("|") + b"N" + b"(" + _str("a") + b"t" + b"}" + _str("a")
-    + b"(" + _dtype("O") + _int(0) + b"t" + b"s" + _int(8) + _int(1) + _int(0x3F) + b"tb"
-    + b"\x86")
 
 
 def test_the_void_dtype_forgery_is_refused_not_a_segfault(tmp_path):
@@ -77,36 +39,36 @@ def test_the_void_dtype_forgery_is_refused_not_a_segfault(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert re.search(r"forged\.pkl: refusing to unpickle dtype.*V8", proc.stdout), proc.stdout
     # the same state on a numeric dtype is refused at BUILD
-    path.write_bytes(_pickle(_dtype("f8") + b"(" + _int(3) + _str("|") + b"N(" + _str("a") + b"t}" + _int(8)
-                             + _int(1) + _int(0x3F) + b"tb"))
+    path.write_bytes(pickled(dtype_("f8") + b"(" + int_(3) + str_("|") + b"N(" + str_("a") + b"t}" + int_(8)
+                             + int_(1) + int_(0x3F) + b"tb"))
     with pytest.raises(UnsafePickleError, match="dtype state"):
         load_pickle(path)
 
 
 def test_a_pickle_cannot_change_numpys_shared_dtypes(tmp_path):
     path = tmp_path / "swap.pkl"  # dtype('f4', copy=False) is numpy's own float32; BUILD would flip its byte order
-    path.write_bytes(_pickle(_dtype("f4", copy=False) + b"(" + _int(3) + _str(">") + b"NNN" + _int(-1) + _int(-1)
-                             + _int(0) + b"tb"))
+    path.write_bytes(pickled(dtype_("f4", copy=False) + b"(" + int_(3) + str_(">") + b"NNN" + int_(-1) + int_(-1)
+                             + int_(0) + b"tb"))
     assert load_pickle(path) == np.dtype(">f4")
     assert np.dtype("float32").byteorder == "=" and np.ones(1, np.float32).tobytes() == b"\x00\x00\x80?"
 
 
 @pytest.mark.parametrize("body, message", [
     # an uninitialised array declaring 1e12 elements
-    (_global("numpy.core.multiarray", "_reconstruct") + _global("numpy", "ndarray") + b"(" + _int(10**6)
-     + _int(10**6) + b"t" + _bytes(b"b") + b"\x87R", "more than"),
+    (global_("numpy.core.multiarray", "_reconstruct") + global_("numpy", "ndarray") + b"(" + int_(10**6)
+     + int_(10**6) + b"t" + bytes_(b"b") + b"\x87R", "more than"),
     # numpy.ndarray's own constructor: shape and strides, a zero-stride view declaring 1e12 elements
-    (_global("numpy", "ndarray") + b"((" + _int(10**6) + _int(10**6) + b"t" + _dtype("f4") + _bytes(b"\0" * 4)
-     + _int(0) + b"(" + _int(0) + _int(0) + b"ttR", "is not callable"),
-    (_global("builtins", "bytearray") + _int(2**31 - 1) + b"\x85R", "a size, not data"),
-    (_global("builtins", "bytes") + _int(2**31 - 1) + b"\x85R", "a size, not data"),
+    (global_("numpy", "ndarray") + b"((" + int_(10**6) + int_(10**6) + b"t" + dtype_("f4") + bytes_(b"\0" * 4)
+     + int_(0) + b"(" + int_(0) + int_(0) + b"ttR", "is not callable"),
+    (global_("builtins", "bytearray") + int_(2**31 - 1) + b"\x85R", "a size, not data"),
+    (global_("builtins", "bytes") + int_(2**31 - 1) + b"\x85R", "a size, not data"),
     # one memoised 64 KiB bytes object copied 20,000 times (1.3 GB) by bytearray
-    (_bytes(b"\0" * 65536) + b"\x94" + b"(" + (_global("builtins", "bytearray") + b"h\x00\x85R") * 20000 + b"l",
+    (bytes_(b"\0" * 65536) + b"\x94" + b"(" + (global_("builtins", "bytearray") + b"h\x00\x85R") * 20000 + b"l",
      "more than"),
 ], ids=["reconstruct-1e12", "ndarray-zero-stride", "bytearray-size", "bytes-size", "memo-amplified-bytearray"])
 def test_memory_bombs_are_refused_before_allocation(tmp_path, body, message):
     path = tmp_path / "bomb.pkl"
-    path.write_bytes(_pickle(body))
+    path.write_bytes(pickled(body))
     with pytest.raises(ValueError, match=rf"bomb\.pkl.*({message})"):
         load_pickle(path)
 
@@ -152,13 +114,13 @@ def _deep(depth: int, leaf) -> bytes:
 
 def test_deep_nesting_is_a_named_error_not_a_recursion_error(tmp_path):
     path = tmp_path / "deep.pkl"
-    body = (b"}" + _str("keypoints") + _deep(200_000, 1.0) + b"s" + _str("scores") + _deep(3, 1.0) + b"s"
-            + _str("start") + _deep(200_000, 1) + b"s")
-    path.write_bytes(_pickle(body))
+    body = (b"}" + str_("keypoints") + _deep(200_000, 1.0) + b"s" + str_("scores") + _deep(3, 1.0) + b"s"
+            + str_("start") + _deep(200_000, 1) + b"s")
+    path.write_bytes(pickled(body))
     with pytest.raises(ValueError, match=r"deep\.pkl: "):
         read_pose_pickle(path)
     labels = tmp_path / "labels.dev"
-    labels.write_bytes(_pickle(b"}" + _str("a") + b"}" + _str("text") + _str("hello") + b"s" + _str("length")
+    labels.write_bytes(pickled(b"}" + str_("a") + b"}" + str_("text") + str_("hello") + b"s" + str_("length")
                                + _deep(200_000, 3) + b"ss"))
     with pytest.raises(ValueError, match=r"labels\.dev: sample 'a' has a 'length' that is not a frame count"):
         read_unisign_labels(labels)
@@ -193,18 +155,18 @@ SIMPLE_OPS = [b"(", b"t", b"\x85", b"\x86", b"\x87", b"]", b"a", b"e", b"}", b"s
 
 atoms = st.one_of(
     st.sampled_from(SIMPLE_OPS),
-    st.integers(-(2**31), 2**31 - 1).map(_int),
+    st.integers(-(2**31), 2**31 - 1).map(int_),
     st.integers(0, 255).map(lambda n: b"K" + bytes([n])),
     st.integers(0, 8).map(lambda n: b"h" + bytes([n])),  # BINGET
     st.floats(allow_nan=True).map(lambda x: b"G" + struct.pack(">d", x)),
-    st.text(max_size=8).map(_str),
-    st.binary(max_size=24).map(_bytes),
-    st.sampled_from(GLOBALS).map(lambda g: _global(*g)),
-    st.sampled_from(GLOBALS).map(lambda g: _str(g[0]) + _str(g[1]) + b"\x93"),
-    st.sampled_from(DTYPES).map(_dtype),  # whole dtype constructions, so BUILD on dtypes is reached often
-    st.tuples(st.sampled_from(["<", ">", "|", "="]), st.sampled_from([b"N", b"(" + _str("a") + b"t"]),
+    st.text(max_size=8).map(str_),
+    st.binary(max_size=24).map(bytes_),
+    st.sampled_from(GLOBALS).map(lambda g: global_(*g)),
+    st.sampled_from(GLOBALS).map(lambda g: str_(g[0]) + str_(g[1]) + b"\x93"),
+    st.sampled_from(DTYPES).map(dtype_),  # whole dtype constructions, so BUILD on dtypes is reached often
+    st.tuples(st.sampled_from(["<", ">", "|", "="]), st.sampled_from([b"N", b"(" + str_("a") + b"t"]),
               st.sampled_from([-1, 0, 8]), st.sampled_from([0, 0x3F])).map(
-        lambda s: b"(" + _int(3) + _str(s[0]) + b"N" + s[1] + b"N" + _int(s[2]) + _int(s[2]) + _int(s[3]) + b"t"),
+        lambda s: b"(" + int_(3) + str_(s[0]) + b"N" + s[1] + b"N" + int_(s[2]) + int_(s[2]) + int_(s[3]) + b"t"),
 )
 
 
@@ -212,7 +174,7 @@ atoms = st.one_of(
 def pickles(draw) -> bytes:
     if draw(st.booleans()):
         return draw(st.binary(max_size=200))  # plain garbage, sometimes gzip-magic
-    return _pickle(b"".join(draw(st.lists(atoms, max_size=40))))
+    return pickled(b"".join(draw(st.lists(atoms, max_size=40))))
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

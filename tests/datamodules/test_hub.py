@@ -9,7 +9,7 @@ import pytest
 
 import datamodules.hub as hub
 from datamodules.hub import HubFile, parse_hub_reference, resolve_weights_file
-from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache  # noqa: F401 (fixtures)
+from tests.hf_cache import COMMIT, cached_snapshot
 
 UNISIGN = "hf://ZechengLi19/Uni-Sign/csl_stage1_weight.pth"
 

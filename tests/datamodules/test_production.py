@@ -123,7 +123,6 @@ def test_constructor_rejects_bad_arguments(pt):
 
 
 def test_synthsign_corpus_through_the_real_readers(tmp_path):
-    pytest.importorskip("datamodules.synthetic")
     dm = GlossToPoseDataModule(data_dir=str(tmp_path / "synthsign"), batch_size=2,
                                synthsign_kwargs={"num_train": 4, "num_dev": 3, "num_test": 2})
     dm.prepare_data()

@@ -3,10 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import sentencepiece
 
 from datamodules.tokenization import (GlossVocab, build_word_level_tokenizer, load_gloss_vocab,
                                       load_tokenizer)
-from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache, use_cache  # noqa: F401 (fixtures)
+from tests.hf_cache import COMMIT, cached_snapshot, use_cache
 
 DE = ["der regen kommt morgen", "es wird kalt im norden", "morgen wird es warm"]
 ZH = ["他今年四岁。", "你们好", "今天天气很好，"]
@@ -45,9 +46,8 @@ def test_load_tokenizer_json_file(tmp_path):
 
 def write_mt5_style_tokenizer(model_dir) -> None:
     """The mT5 layout: spiece.model + tokenizer_config.json (a tiny SentencePiece model)."""
-    spm = pytest.importorskip("sentencepiece")
     model_dir.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
+    sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter((DE + ZH) * 4), model_prefix=str(model_dir / "spiece"),
         vocab_size=40, hard_vocab_limit=False, model_type="unigram",
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
@@ -123,7 +123,6 @@ def test_load_tokenizer_without_eos_is_refused(tmp_path):
 
 
 def test_synthsign_specs_match_between_calls():
-    pytest.importorskip("datamodules.synthetic")
     for spec in ("synthsign-de", "synthsign-zh"):
         a, b = load_tokenizer(spec), load_tokenizer(spec)
         assert a.get_vocab() == b.get_vocab() and len(a) > 3

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_modules.callbacks import NonFiniteGuard, ResumeState, grads_finite, rng_state, set_rng_state
 from lightning_modules.checkpoint_io import (AtomicCheckpointIO, CorruptCheckpointError, atomic_torch_save,
                                              load_checkpoint_file)
-from tests.conftest import TINY_GEOSIGN_MODEL
+from tests.cli_runs import REPO, TINY_GEOSIGN_MODEL, run_cli
 
 
 def _draws() -> tuple:
@@ -192,8 +192,6 @@ def _poison_corpus(tmp_path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_bad_samples_are_skipped_and_reported_or_stop_the_run(tmp_path):
-    from tests.conftest import REPO, run_cli
-
     bad = _poison_corpus(tmp_path)
     (tmp_path / "tiny.yaml").write_text(BAD_DATA)
     args = ["fit", "--config", str(REPO / "experiments/demo/geosign_token.yaml"), "--config", "tiny.yaml"]

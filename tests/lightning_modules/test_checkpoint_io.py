@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,7 @@ from lightning.fabric.utilities.data import AttributeDict
 from lightning_modules.checkpoint_io import (UNSAFE_LOAD_ENV, AtomicCheckpointIO, CheckpointError,
                                              CorruptCheckpointError, UnsafeCheckpointError, atomic_torch_save,
                                              check_checkpoint, load_checkpoint_file, load_lightning_module)
-
-
-class _Payload:
-    """Unpickling this runs `touch <marker>`: proof of code execution if the marker appears."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def evil_checkpoint(path: Path, marker: Path) -> Path:
-    """A Lightning-looking checkpoint whose pickle runs a command when fully unpickled."""
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 1, "hyper_parameters": {"x": _Payload(marker)}},
-               path)
-    return path
+from tests.hostile_files import Payload, evil_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +100,8 @@ def test_hyperparameters_are_saved_as_plain_containers(tmp_path):
 
 
 def test_saving_something_that_needs_code_fails_naming_the_key(tmp_path):
-    with pytest.raises(TypeError, match=r"\['hyper_parameters'\]\['bad'\].*_Payload"):
-        atomic_torch_save({"hyper_parameters": {"bad": _Payload(tmp_path / "x")}}, tmp_path / "c.ckpt")
+    with pytest.raises(TypeError, match=r"\['hyper_parameters'\]\['bad'\].*Payload"):
+        atomic_torch_save({"hyper_parameters": {"bad": Payload(tmp_path / "x")}}, tmp_path / "c.ckpt")
     assert list(tmp_path.iterdir()) == []
 
 

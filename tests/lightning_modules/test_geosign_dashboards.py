@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.cli_runs import REPO, run_cli
 from tests.wandb_offline import offline_runs, read_offline_run
 
 # Same experiment, shrunk so that a fit takes seconds: a 40-video SynthSign, a tiny mT5 and encoder.

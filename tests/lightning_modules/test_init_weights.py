@@ -12,9 +12,10 @@ import yaml
 
 from lightning_modules.checkpoint_io import CorruptCheckpointError
 from lightning_modules.init_weights import InitFromError, apply_state_dict, load_initial_weights, read_state_dict
-from tests.conftest import REPO
-from tests.lightning_modules.test_geosign import random_batch, tiny_model
+from tests.cli_runs import REPO
+from tests.geosign_models import MT5_BASE, random_batch, tiny_model
 from tests.released_layout import released_names
+
 
 def perturbed(model, seed: int):
     """Every float tensor of `model` moved, so a load that skips one is caught."""
@@ -191,8 +192,6 @@ def _released_tsv(name: str, shared: Path) -> dict[str, torch.Tensor]:
 def test_released_layouts_load_strictly_into_the_paper_configs(config, tsv, kind, shared_data):
     """Every released tensor (mT5-base included) has its place in the paper model and vice versa.
     (In memory: a 2.3 GB file would only test torch.save.)"""
-    from tests.test_configs import MT5_BASE
-
     state = _released_tsv(tsv, shared_data)
     for k in [k for k in state if k.endswith("isp_c")]:
         state[k].fill_(0.5413)  # geoopt's isp_c for c = 1: softplus(0.5413) = 1.0

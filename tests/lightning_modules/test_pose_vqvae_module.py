@@ -9,6 +9,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from generation import render
+from lightning_modules import media
 from lightning_modules.pose_vqvae import PoseVQVAE
 
 TINY = dict(hidden=32, layers=1, heads=2, codebook_size=32, spl_hidden=16, warmup_steps=5, lr=3e-3)
@@ -87,8 +89,6 @@ def test_checkpoint_reload_rebuilds_the_same_tokenizer(tmp_path):
 
 
 def test_reconstruction_images_go_to_the_logger(tmp_path, monkeypatch):
-    render = pytest.importorskip("generation.render")
-    media = pytest.importorskip("lightning_modules.media")
     drawn, logged, real_render = [], [], render.render_strip
 
     def fake_render(rows, num_frames=8, title=None):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
 
+from tests.hf_cache import COMMIT, cached_snapshot, use_cache
 from translation.language_model import PROMPT, SignLanguageModel, build_mt5
-from tests.hf_cache import COMMIT, cached_snapshot, fake_hub, offline_cache, use_cache  # noqa: F401 (fixtures)
 
 WORDS = ["Translate", "sign", "language", "video", "to", "Chinese", ":", "he", "is", "four", "today"]
 TINY_MT5 = dict(vocab_size=8, d_model=16, d_ff=32, d_kv=4, num_heads=2, num_layers=1,
