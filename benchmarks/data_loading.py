@@ -9,15 +9,18 @@ script (rtmlib, ``keypoints / [W, H]`` appended frame by frame) pickles. Then fo
 page-cache state (warm: files read before, one DataLoader per source for all its epochs as in a
 training run; cold: every pose pickle and the packed array evicted with
 ``posix_fadvise(DONTNEED)`` before each epoch, as on a first epoch or a network file system, and
-a new DataModule per epoch) and worker count (0, 2) times training epochs at the demo settings
+a new DataModule per epoch) and worker count (0, 2) times training epochs at the release's settings
 (batch 16, max_len 256) of each source (pickles of either layout, packed), the sources taking
 turns epoch by epoch so that a drift of the machine's speed reaches them alike, and records the
 median epoch's samples/s after its first batch (which pays worker start-up) and over the whole
 epoch, the rate at which the epoch goes through its source's files (cold: the disk's rate), the peak
 Python/numpy heap of the main process (tracemalloc, in an extra untimed epoch since tracing
-slows every allocation; memory-mapped pages are file cache, not heap) and, with 2 workers,
-whether a batch arrives faster than the demo training step takes (read from
-``hyperbolic_overhead.json`` when that benchmark has run). Also times a 2-worker DataLoader that
+slows every allocation; memory-mapped pages are file cache, not heap). These settings are the
+released training script's (batch 16, max_length 256), not the demo's. The demo is measured
+apart, from its YAML (``experiments/demo/geosign_token.yaml``: its SynthSign corpus, batch size,
+max_len and workers): the median ms per batch of its training loader after the first batch,
+against the demo training step that ``hyperbolic_overhead.py`` measured from the same YAMLs (read
+from ``hyperbolic_overhead.json`` when that benchmark has run). Also times a 2-worker DataLoader that
 only hands over copies of one real batch: the transport between processes alone, which bounds
 any 2-worker row, and what moving a batch into shared memory costs in one process. Prints a
 table, writes ``data_loading.json``.
@@ -41,10 +44,15 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
 from benchmarks.common import RESULTS_DIR, median_time, parse_args, print_table, timed, write_results  # noqa: E402
 from datamodules.translation import SignTranslationDataModule  # noqa: E402
 
-BATCH, MAX_LEN = 16, 256  # the demo configs' batch_size and max_len (Uni-Sign's max_length)
+REPO = Path(__file__).resolve().parents[1]
+BATCH, MAX_LEN = 16, 256  # the released training script's --batch-size 16 and --max_length 256
+DEMO_YAML = REPO / "experiments" / "demo" / "geosign_token.yaml"  # the quickstart demo
 FRAMES = (60, 300)  # clip lengths drawn uniformly: CSL-Daily clips run about 2-12 s at 25 fps
 
 
@@ -168,13 +176,59 @@ def share_ms(batch: dict, repeats: int) -> float:
 
 
 def demo_step_seconds(out_dir: Path) -> float | None:
-    """Median demo training step (token mode) from the hyperbolic-overhead results, if present."""
+    """Median training step of the demo YAML (token mode) from the hyperbolic-overhead results, if
+    present and timed from that YAML."""
+    demo_yaml = str(DEMO_YAML.relative_to(REPO))
     for folder in (out_dir, RESULTS_DIR):
         path = folder / "hyperbolic_overhead.json"
         if path.is_file():
-            rows = json.loads(path.read_text())["rows"]
-            return next((r["step_ms"] / 1e3 for r in rows if r["config"] == "demo" and r["mode"] == "token"), None)
+            result = json.loads(path.read_text())
+            if result.get("configs", {}).get("demo", {}).get("yamls", {}).get("token") != demo_yaml:
+                return None  # timed from another model than the demo's
+            return next((r["step_ms"] / 1e3 for r in result["rows"] if r["config"] == "demo" and r["mode"] == "token"),
+                        None)
     return None
+
+
+def demo_data_args(quick: bool, tmp: Path) -> dict:
+    """The demo YAML's data init_args, resolved; ``quick`` swaps its corpus for a small one in ``tmp``
+    (same glosses, batch size, max_len and workers)."""
+    config = OmegaConf.to_container(OmegaConf.create(yaml.safe_load(DEMO_YAML.read_text())), resolve=True)
+    args = dict(config["data"]["init_args"])
+    if quick:
+        args["data_dir"] = str(tmp / "demo_synthsign")
+        args["synthsign_kwargs"] = dict(args.get("synthsign_kwargs") or {}) | {
+            "num_train": 4 * args["batch_size"], "num_dev": 2, "num_test": 2}
+    else:  # the CLI runs from the repository root, where the YAML's relative data_dir points
+        args["data_dir"] = str(REPO / args["data_dir"])
+    return args
+
+
+def demo_loader(args: dict, repeats: int) -> dict:
+    """Median ms per batch of the demo's training loader after the first batch, over ``repeats``
+    epochs of one DataLoader (after a warm-up epoch), as ``lightning fit`` reads it."""
+    dm = SignTranslationDataModule(**args)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epoch(loader)  # page cache, workers' imports
+    runs = []
+    for _ in range(repeats):
+        n, seconds, _ = epoch(loader)
+        runs.append(1e3 * seconds / max(1, -(-n // args["batch_size"]) - 1))
+    return {"yaml": str(DEMO_YAML.relative_to(REPO)), "batch_size": args["batch_size"], "max_len": args["max_len"],
+            "num_workers": args["num_workers"], "train_samples": len(dm.datasets["train"]),
+            "batch_ms": sorted(runs)[len(runs) // 2], "epochs": repeats}
+
+
+def report_demo(demo: dict, step_s: float | None) -> None:
+    """Add the demo training step to ``demo`` and print the comparison."""
+    demo["demo_step_ms"] = None if step_s is None else 1e3 * step_s
+    demo["step_over_batch"] = None if step_s is None else 1e3 * step_s / demo["batch_ms"]
+    print(f"demo ({demo['yaml']}: batch {demo['batch_size']}, max_len {demo['max_len']}, {demo['num_workers']} workers, "
+          f"{demo['train_samples']} clips): {demo['batch_ms']:.2f} ms per batch; training step "
+          + (f"{demo['demo_step_ms']:.0f} ms ({demo['step_over_batch']:.0f}x a batch)" if step_s
+             else "not measured (run hyperbolic_overhead.py first)"))
 
 
 def evict(paths: list[Path]) -> None:
@@ -188,9 +242,19 @@ def evict(paths: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv,
+                      {"demo-only": "only the demo YAML's loader against its training step (seconds; "
+                                    "writes data_loading_demo.json)"})
     samples, repeats = (2 * BATCH + 4, 1) if args.quick else (40 * BATCH, 7)
     step_s = demo_step_seconds(args.out)
+    if args.demo_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            demo = demo_loader(demo_data_args(args.quick, Path(tmp)), repeats)
+        report_demo(demo, step_s)
+        write_results("data_loading_demo", args.out, {
+            "command": "python benchmarks/data_loading.py --demo-only" + (" --quick" if args.quick else ""),
+            "quick": args.quick, "demo": demo})
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         corpora = {layout: write_corpus(Path(tmp), samples, layout) for layout in LAYOUTS}
@@ -205,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         transport = transport_ms(one_batch, 2, samples // BATCH, repeats)
         to_shared = share_ms(one_batch, repeats)
         del packed_dm  # a live memory map keeps the pages it touched from being evicted
+        demo = demo_loader(demo_data_args(args.quick, Path(tmp)), repeats)
         cache_files = list((corpora["array"][0] / "packed").iterdir())
         cache_mb = sum(p.stat().st_size for p in cache_files) / 2 ** 20
         all_files = cache_files + [p for _, pose_dir in corpora.values() for p in pose_dir.iterdir()]
@@ -242,8 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "epoch_samples_per_s": n / (first_s + seconds),
                                  # what an epoch reads from the files: cold, the disk's rate
                                  "file_mb_per_s": source_mb[source] * n / samples / (first_s + seconds),
-                                 "peak_heap_mb": peak / 2 ** 20,
-                                 "keeps_up": None if step_s is None or workers == 0 else BATCH / rate < step_s})
+                                 "peak_heap_mb": peak / 2 ** 20})
                 del loaders
     by = {(r["cache"], r["source"], r["workers"]): r for r in rows}
     speedup = {layout: {"read_stage": read_rate["packed"] / read_rate[f"pickles ({layout})"]}
@@ -259,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
                  ("read_clips_per_s", "read clips/s", ".0f"), ("samples_per_s", "samples/s", ".0f"),
                  ("batch_ms", "ms/batch", ".1f"), ("first_batch_s", "first batch s", ".2f"),
                  ("epoch_samples_per_s", "epoch samples/s", ".0f"), ("file_mb_per_s", "file MB/s", ".0f"),
-                 ("peak_heap_mb", "peak heap MB", ".1f"), ("keeps_up", "keeps up", "")])
+                 ("peak_heap_mb", "peak heap MB", ".1f")])
     for layout, ratios in speedup.items():
         print(f"packed / pickles ({layout}): read stage {ratios['read_stage']:.1f}x; "
               + "; ".join(f"{label} (0 / 2 workers) " + ", ".join(
@@ -268,12 +332,12 @@ def main(argv: list[str] | None = None) -> None:
                   for kind, label in (("loader", "loader"), ("epoch", "whole epoch"))))
     print(f"2-worker transport alone (copies of one batch, no loading): {transport:.1f} ms/batch; "
           f"of a worker's share, moving a batch into shared memory: {to_shared:.1f} ms")
-    print("demo training step " + (f"{1e3 * step_s:.0f} ms" if step_s else "not measured (run hyperbolic_overhead.py first)"))
+    report_demo(demo, step_s)
     write_results("data_loading", args.out, {
         "samples": samples, "frames": FRAMES, "batch": BATCH, "max_len": MAX_LEN, "repeats": repeats,
         "quick": args.quick, "pack_seconds": pack_s, "cache_mb": cache_mb, "source_mb": source_mb, "demo_step_s": step_s,
         "transport_ms_per_batch_2_workers": transport, "share_memory_ms_per_batch": to_shared,
-        "speedup_packed_over_pickles": speedup, "rows": rows})
+        "speedup_packed_over_pickles": speedup, "rows": rows, "demo": demo})
 
 
 if __name__ == "__main__":
