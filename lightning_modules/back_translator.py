@@ -124,6 +124,7 @@ class BackTranslator(LightningModule):
         bs = len(batch["poses"])
         self.log(f"{split}/loss", losses["loss"], batch_size=bs, sync_dist=True)
         self.log(f"{split}/loss_ctc", losses["ctc"], batch_size=bs, sync_dist=True)
+        self.log(f"{split}/loss_ce", losses["ce"], batch_size=bs, sync_dist=True)
         glosses, texts = self._decode(losses["memory"], losses["frame_mask"], losses["gloss_log_probs"])
         for name, gloss_ref, text_ref, gloss_hyp, text_hyp in zip(
                 batch["name"], batch["gloss"], batch["text"], glosses, texts):

@@ -6,7 +6,8 @@ Batches are the production dicts of ``GlossToPoseDataModule``: ``poses`` (B, T, 
 Loss (Eq. 1): Σ_parts mean-over-valid-frames ‖s_part − s̃_part‖ + β ‖sg[z] − e‖²; the codebook term
 is replaced by EMA updates. The paper writes ‖·‖ without saying which norm; the public G2P-DDM code
 uses L1, so ``recon_loss="l1"`` is the default ("mse" is available). Validation reports the Table 2a
-metric, MSE over valid frames and all 150 values (``val/rec_mse``), whatever the training loss.
+metric, MSE over valid frames and all 150 values (``val/rec_mse``), whatever the training loss, and
+the training loss itself on the dev set (``val/loss``).
 """
 from __future__ import annotations
 
@@ -80,11 +81,15 @@ class PoseVQVAE(LightningModule):
 
     # ---- steps ----------------------------------------------------------------------------------
 
+    def _loss(self, out: dict[str, Tensor], poses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 1 and its reconstruction term."""
+        rec = part_errors(out["recon"], poses, mask, self.hparams.recon_loss).sum()  # Σ over parts
+        return rec + self.hparams.beta * out["commit"], rec
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         poses, mask = batch["poses"], batch["pose_mask"]
         out = self.model(poses, mask)
-        rec = part_errors(out["recon"], poses, mask, self.hparams.recon_loss).sum()  # Σ over parts, Eq. 1
-        loss = rec + self.hparams.beta * out["commit"]
+        loss, rec = self._loss(out, poses, mask)
         bs = poses.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/rec", rec, batch_size=bs)
@@ -100,6 +105,7 @@ class PoseVQVAE(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         poses, mask = batch["poses"], batch["pose_mask"]
         out = self.model(poses, mask)
+        self.log("val/loss", self._loss(out, poses, mask)[0], batch_size=poses.shape[0], sync_dist=True)
         n_valid = mask.sum()
         self._part_sq_err += part_errors(out["recon"], poses, mask, "mse") * n_valid
         self._num_valid += n_valid
