@@ -20,7 +20,7 @@ from lightning.pytorch import Callback
 
 from tests.cli_runs import REPO, TINY_GEOSIGN_MODEL
 
-pytest.importorskip("litdata", reason="litdata is the optional `stream` extra")
+pytest.importorskip("litdata", reason="the `stream` extra (litdata) is not installed")
 
 DEMO = str(REPO / "experiments" / "demo" / "csl_news_pretrain.yaml")
 MULTINODE = str(REPO / "experiments" / "strategies" / "multinode.yaml")

@@ -13,7 +13,7 @@ from datamodules.csl_news import (CSLNewsDataModule, read_csl_news_labels, split
                                   write_synthsign_csl_news)
 from datamodules.formats import load_pickle
 from datamodules.translation import SignTranslationDataModule
-from tests.datamodules.test_packed import _assert_same
+from tests.datamodules.csl_daily import assert_same_batches
 
 SYNTH = {"num_train": 9, "num_dev": 3, "num_test": 2}  # 14 entries: Uni-Sign's cut at int(13.86) = 13
 
@@ -74,7 +74,7 @@ def test_packed_and_pickle_batches_agree(synth_news):
     loader.sampler.epoch_fn = plain_loader.sampler.epoch_fn = lambda: 1
     # clips longer than max_len are reboxed from the packed cache: float32 rounding, as test_packed
     whole = {r["name"] for r in dm.datasets["train"].records if len(load_pickle(r["pose_path"])["scores"]) <= 16}
-    _assert_same(list(loader), list(plain_loader), whole)
+    assert_same_batches(list(loader), list(plain_loader), whole)
 
 
 def test_splits_rewritten_only_when_the_json_changes(synth_news, tmp_path):

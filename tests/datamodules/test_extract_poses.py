@@ -33,7 +33,7 @@ def _signer_square(t):
 
 
 def _write_video(path, frames=FRAMES, signer=True):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="the `extract` extra (opencv-python) is not installed")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (W, H))
     assert writer.isOpened()
     for t in range(frames):
@@ -48,7 +48,7 @@ def _write_video(path, frames=FRAMES, signer=True):
 
 
 def _tiny_models(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    onnx = pytest.importorskip("onnx", reason="the `test` extra (onnx) is not installed")
     from onnx import TensorProto, helper, numpy_helper
 
     # detector: images (1, 3, h, w) -> dets (1, 2, 5), the bystander first (person 0 is not the signer)
@@ -95,8 +95,8 @@ def _tiny_models(tmp_path):
 
 
 def _rtmlib_factory(tmp_path):
-    pytest.importorskip("rtmlib")
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("rtmlib", reason="the `extract` extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the `extract` extra is not installed")
     det, pose = _tiny_models(tmp_path)
     # the real rtmlib Wholebody (YOLOX + RTMPose on ONNX Runtime), as the CLI builds it
     return functools.partial(ep.rtmlib_wholebody, det=det, det_input_size=(H, W), pose=pose,
@@ -141,7 +141,7 @@ def test_cli_skips_done_videos_names_failures_and_exits_nonzero(tmp_path, monkey
     (videos / "broken.mp4").write_bytes(b"not a video at all")
     frames = videos / "train" / "c"  # a PHOENIX-style frame folder
     frames.mkdir(parents=True)
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="the `extract` extra (opencv-python) is not installed")
     for t in range(3):
         frame = np.zeros((H, W, 3), np.uint8)
         x, y = _signer_square(t)
@@ -186,7 +186,7 @@ class _Scripted:
 
 
 def _flat_video(path, value, frames=3):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="the `extract` extra (opencv-python) is not installed")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
     for _ in range(frames):
         writer.write(np.full((H, W, 3), value, np.uint8))

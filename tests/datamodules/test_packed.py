@@ -14,16 +14,11 @@ import torch
 
 from datamodules.batches import BadSampleError
 from datamodules.formats import read_pose_pickle, read_unisign_labels
-from datamodules.keypoints import PART_NAMES, PART_SLICES, body_extremes, normalise_clips, part_nodes
+from datamodules.keypoints import PART_SLICES, body_extremes, normalise_clips, part_nodes
 from datamodules.packed import PackedCacheError, PackedPoses, build_packed, ensure_packed, paths
-from tests.datamodules.test_translation import _dm, _write_csl, make_pose
-
-
-@pytest.fixture
-def csl(tmp_path):
-    # CSL-Daily layout: gzip label pickles with video_path, one Uni-Sign pose pickle per video
-    return _write_csl(tmp_path, {"train": [5, 9, 3, 7, 4], "dev": [6, 300, 2], "test": [3, 3]},
-                      np.random.default_rng(0))
+from tests.datamodules.csl_daily import assert_same_batches as _assert_same
+from tests.datamodules.csl_daily import csl_datamodule as _dm
+from tests.datamodules.csl_daily import make_pose
 
 
 def _batches(dm, split: str, epoch: int = 0) -> list[dict]:
@@ -32,23 +27,6 @@ def _batches(dm, split: str, epoch: int = 0) -> list[dict]:
         loader.sampler.epoch_fn = lambda: epoch  # what the trainer's current epoch would say
         return list(loader)
     return list(dm.val_dataloader())
-
-
-def _assert_same(a: list[dict], b: list[dict], whole: set[str] | None = None) -> None:
-    """Equal batches; with ``whole``, the parts of samples not named there (cut to max_len)
-    only up to float32 rounding."""
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            if whole is not None and key in PART_NAMES:
-                torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-6)
-                rows = [i for i, name in enumerate(x["name"]) if name in whole]
-                assert torch.equal(x[key][rows], y[key][rows]), key
-            elif isinstance(x[key], torch.Tensor):
-                assert torch.equal(x[key], y[key]), key
-            else:
-                assert x[key] == y[key], key
 
 
 @pytest.mark.parametrize("max_len", [4, 400])

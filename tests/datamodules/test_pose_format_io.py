@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-pose_format = pytest.importorskip("pose_format")
+pose_format = pytest.importorskip("pose_format", reason="the `pose-format` extra is not installed")
 from pose_format import Pose  # noqa: E402
 from pose_format.numpy.pose_body import NumPyPoseBody  # noqa: E402
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions  # noqa: E402

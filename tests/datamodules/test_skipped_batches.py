@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 import datamodules.batches as batches
 from datamodules.batches import (BadSampleError, ShardSampler, SplitDataModule, _split_skipped, all_skipped_batch,
                                  skip_marker)
-from tests.datamodules.test_translation import _dm, csl  # noqa: F401  (fixture)
+from tests.datamodules.csl_daily import csl_datamodule
 
 SIZE, BATCH, SEED = 22, 4, 3
 ORDER = [index for index, _ in ShardSampler(SIZE, shuffle=True, seed=SEED)]  # epoch 0's order
@@ -83,10 +83,10 @@ def test_under_ddp_an_all_bad_batch_still_raises(monkeypatch):
 def test_translation_eval_batch_of_only_bad_samples_is_left_out(csl):  # noqa: F811
     (csl[1] / "Sdev001_P0000_T00.pkl").write_bytes(b"\x80\x04garbage")
     with pytest.raises(BadSampleError, match="Sdev001_P0000_T00"):  # raise mode: still an error
-        dm = _dm(csl, batch_size=1)
+        dm = csl_datamodule(csl, batch_size=1)
         dm.setup("validate")
         list(dm.val_dataloader())
-    dm = _dm(csl, batch_size=1, on_bad_sample="skip")
+    dm = csl_datamodule(csl, batch_size=1, on_bad_sample="skip")
     dm.setup("validate")
     names = [dm.on_before_batch_transfer(batch, 0)["name"] for batch in dm.val_dataloader()]
     assert names == [["Sdev000_P0000_T00"], ["Sdev002_P0000_T00"]]

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-pytest.importorskip("litdata")
+pytest.importorskip("litdata", reason="the `stream` extra (litdata) is not installed")
 
 from datamodules.streaming import META, StreamError, StreamingTranslationDataModule, convert  # noqa: E402
-from tests.datamodules.test_packed import _assert_same  # noqa: E402
+from tests.datamodules.csl_daily import assert_same_batches as _assert_same  # noqa: E402
 
 # 26 training samples: with batch 4 the epoch ends on a partial batch; max_len 16 cuts most clips
 KW = dict(synthsign_kwargs={"num_train": 26, "num_dev": 5, "num_test": 2}, batch_size=4, max_len=16, seed=3)

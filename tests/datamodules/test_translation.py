@@ -3,7 +3,6 @@ from __future__ import annotations
 import copy
 import gzip
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,10 @@ from datamodules.batches import BadSampleError, ShardSampler
 from datamodules.keypoints import PART_SLICES, body_extremes, normalise_clips, part_nodes, rebox_clips, sample_frame_indices
 from datamodules.tokenization import build_word_level_tokenizer
 from datamodules.translation import SignTranslationDataModule
-from tests.test_untrusted_pickles import V8_FORGERY
+from tests.datamodules.csl_daily import TEXTS, make_pose
+from tests.datamodules.csl_daily import csl_datamodule as _dm
+from tests.datamodules.csl_daily import write_csl as _write_csl
+from tests.hostile_files import V8_FORGERY
 
 # ------------------------------------------------------------------ Uni-Sign reference (loops)
 
@@ -79,12 +81,6 @@ def normalise_parts(keypoints, scores):
     """One clip through ``normalise_clips``: ({part: (T, V, 3) numpy}, scale)."""
     out, _, scale = normalise_clips(part_nodes(keypoints, scores), np.array([len(keypoints)]))
     return {n: out[:, nodes].numpy() for n, nodes in PART_SLICES.items()}, float(scale[0])
-
-
-def make_pose(num_frames: int, rng: np.random.Generator, score: float = 0.9):
-    keypoints = rng.uniform(0.3, 0.7, (num_frames, 1, 133, 2))
-    scores = np.clip(rng.normal(score, 0.3, (num_frames, 1, 133)), 0, 1)  # some under 0.3
-    return {"keypoints": keypoints, "scores": scores.astype(np.float32)}
 
 
 @settings(max_examples=30, deadline=None)
@@ -206,38 +202,6 @@ def test_train_shards_equal_disjoint_and_seeded(monkeypatch):
 
 
 # -------------------------------------------------------------------------- the DataModule
-
-TEXTS = ["他今年四岁。", "你们好", "今天天气很好，", "我们去学校"]
-
-
-def _write_csl(root: Path, lengths: dict[str, list[int]], rng) -> tuple[Path, Path, str]:
-    label_dir, pose_dir = root / "labels", root / "poses"
-    label_dir.mkdir()
-    pose_dir.mkdir()
-    for split, lens in lengths.items():
-        labels = {}
-        for i, t in enumerate(lens):
-            name = f"S{split}{i:03d}_P0000_T00"
-            labels[name] = {"name": name, "gloss": ["你们", "好"], "text": TEXTS[i % len(TEXTS)],
-                            "video_path": f"{name}.mp4"}
-            (pose_dir / f"{name}.pkl").write_bytes(pickle.dumps(make_pose(t, rng)))
-        (label_dir / f"labels.{split}").write_bytes(gzip.compress(pickle.dumps(labels)))
-    tok_path = root / "tokenizer.json"
-    build_word_level_tokenizer(TEXTS, "zh").backend_tokenizer.save(str(tok_path))
-    return label_dir, pose_dir, str(tok_path)
-
-
-@pytest.fixture
-def csl(tmp_path):
-    return _write_csl(tmp_path, {"train": [5, 9, 3, 7, 4], "dev": [6, 300, 2], "test": [3, 3]},
-                      np.random.default_rng(0))
-
-
-def _dm(csl, **kw) -> SignTranslationDataModule:
-    label_dir, pose_dir, tok = csl
-    return SignTranslationDataModule(dataset="csl_daily", label_dir=str(label_dir),
-                                     pose_dir=str(pose_dir), tokenizer=tok, **kw)
-
 
 def test_translation_batch_contract(csl):
     dm = _dm(csl, batch_size=3, max_len=8)
@@ -388,7 +352,6 @@ def test_constructor_rejects_bad_arguments(csl):
 
 
 def test_synthsign_corpus_through_the_real_readers(tmp_path):
-    pytest.importorskip("datamodules.synthetic")
     dm = SignTranslationDataModule(data_dir=str(tmp_path / "synthsign"), batch_size=2,
                                    synthsign_kwargs={"num_train": 4, "num_dev": 3, "num_test": 2})
     dm.prepare_data()
@@ -415,7 +378,7 @@ def test_normalising_an_empty_clip_is_refused_not_merged_with_its_neighbour():
 def test_pose_format_files_are_read_where_a_pickle_would_be(csl, packed):
     """A dataset of `.pose` files (pose-format's COCO-WholeBody layout) gives the batches its
     pickles give; where both exist the pickle is read."""
-    pose_format = pytest.importorskip("pose_format")
+    pose_format = pytest.importorskip("pose_format", reason="the `pose-format` extra is not installed")
     from pose_format.numpy.pose_body import NumPyPoseBody
     from pose_format.pose_header import PoseHeader, PoseHeaderDimensions
     from pose_format.utils.cocowholebody133_header import cocowholebody_components
