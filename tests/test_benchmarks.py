@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 
-from benchmarks import data_loading, hyperbolic_overhead, sampling
+from benchmarks import data_loading, demo_results, hyperbolic_overhead, metric_reproduction, sampling
 from benchmarks.common import print_table
 from lightning_modules.geosign import GeoSignTranslator
 
@@ -118,8 +119,28 @@ def test_data_loading_quick_writes_json(tmp_path, capsys):
     for (_, source, _), row in rows.items():  # every epoch reads all of its source's clips
         assert row["file_mb_per_s"] == pytest.approx(
             result["source_mb"][source] * row["epoch_samples_per_s"] / result["samples"])
+    demo_yaml = yaml.safe_load(data_loading.DEMO_YAML.read_text())["data"]["init_args"]
+    demo = result["demo"]  # the demo row reads the demo YAML's loader settings
+    assert demo["yaml"] == "experiments/demo/geosign_token.yaml" and demo["batch_ms"] > 0
+    assert (demo["batch_size"], demo["max_len"], demo["num_workers"]) == (
+        demo_yaml["batch_size"], demo_yaml["max_len"], demo_yaml["num_workers"]) == (8, 32, 2)
+    assert all("keeps_up" not in row for row in result["rows"])  # release-sized batches are not the demo's
     _machine_ok(result["machine"])
     assert "samples/s" in capsys.readouterr().out
+
+
+def test_data_loading_takes_the_demo_step_only_from_the_demo_yaml(tmp_path):
+    overhead = {"configs": {"demo": {"yamls": {"token": "experiments/demo/geosign_token.yaml"}}},
+                "rows": [{"config": "demo", "mode": "pooled", "step_ms": 100.0},
+                         {"config": "demo", "mode": "token", "step_ms": 120.0}]}
+    (tmp_path / "hyperbolic_overhead.json").write_text(json.dumps(overhead))
+    assert data_loading.demo_step_seconds(tmp_path) == pytest.approx(0.12)
+    overhead["configs"]["demo"]["yamls"]["token"] = "somewhere/else.yaml"
+    (tmp_path / "hyperbolic_overhead.json").write_text(json.dumps(overhead))
+    assert data_loading.demo_step_seconds(tmp_path) is None
+    args = data_loading.demo_data_args(quick=False, tmp=tmp_path)
+    assert args["data_dir"] == str(REPO / "data/synthsign_40glosses") and args["tokenizer"] == "synthsign-zh"
+    assert data_loading.demo_data_args(quick=True, tmp=tmp_path)["synthsign_kwargs"]["num_glosses"] == 40
 
 
 def test_batch_copies_hand_out_fresh_equal_batches():
@@ -279,3 +300,138 @@ def test_gpu_check_quick_on_cpu_runs_every_item(tmp_path, capsys):
     assert result["device"] == "cpu" and result["quick"] is True
     _machine_ok(result["machine"])
     assert "GPU check on cpu" in capsys.readouterr().out
+
+
+# ---- metric reproduction ----------------------------------------------------------------------------
+
+
+def _write_predictions(directory: Path, split: str, hyps: dict[str, str], refs: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{split}_tmp_pres.txt").write_text("".join(f"sample: {k}, prediction: {v}\n" for k, v in hyps.items()))
+    (directory / f"{split}_tmp_refs.txt").write_text("".join(f"sample: {k}, ground-truth: {v}\n" for k, v in refs.items()))
+
+
+def test_metric_reproduction_scores_what_is_present_and_lists_the_rest(tmp_path, capsys):
+    texts = {"a": "the cat sat on the mat today", "b": "a dog ran in the park at noon"}
+    _write_predictions(tmp_path / "data" / "eval_how2sign_pose_only", "test", texts, texts)
+    result = metric_reproduction.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "metric_reproduction.json").read_text())["rows"] == result["rows"]
+    (row,) = result["rows"]
+    assert row["set"] == "how2sign test" and row["samples"] == 2 and row["bleu4"] == pytest.approx(100.0)
+    assert row["published_bleu4"] == 14.50 and row["reproduced"] is False  # perfect predictions are not Uni-Sign's
+    assert len(result["missing"]) == len(metric_reproduction.PUBLISHED) - 1
+    _write_predictions(tmp_path / "bad" / "eval_how2sign_pose_only", "test", texts, {"a": texts["a"]})
+    with pytest.raises(ValueError, match="different samples"):
+        metric_reproduction.main(["--data", str(tmp_path / "bad"), "--out", str(tmp_path / "out")])
+
+
+# ---- demo results -----------------------------------------------------------------------------------
+
+
+def _frame(records: list[bytes]) -> bytes:
+    """A LevelDB-style log as W&B writes it, for the reader's framing alone."""
+    import struct
+    import zlib
+
+    out = bytearray(b":W&B" + bytes([0xE1, 0xBE, 0]))
+    for record in records:
+        first = True
+        while True:
+            left = demo_results._BLOCK - len(out) % demo_results._BLOCK
+            if left < demo_results._CHUNK_HEADER:
+                out += bytes(left)
+                continue
+            take = min(len(record), left - demo_results._CHUNK_HEADER)
+            last = take == len(record)
+            kind = (demo_results._FULL if last else demo_results._FIRST) if first else \
+                (demo_results._LAST if last else demo_results._MIDDLE)
+            out += struct.pack("<IHB", zlib.crc32(record[:take]), take, kind) + record[:take]
+            record, first = record[take:], False
+            if last:
+                break
+    return bytes(out)
+
+
+def test_wandb_chunks_reassemble_records_across_blocks():
+    records = [b"x" * 10, b"y" * 70000, b"z" * (demo_results._BLOCK - 30), b"w"]  # spans, and a block's short tail
+    assert list(demo_results.wandb_chunks(_frame(records))) == records
+    with pytest.raises(ValueError, match="W&B"):
+        list(demo_results.wandb_chunks(b"not a log"))
+
+
+def _offline_run(run_dir: Path, rows: list[dict]) -> None:
+    import wandb
+
+    run = wandb.init(mode="offline", dir=str(run_dir), project="signlab", settings=wandb.Settings(silent=True))
+    for row in rows:
+        run.log(row)
+    run.finish()
+
+
+def test_demo_results_from_runs_reads_wandb_files_and_reports(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fit = [{"val/bleu4": b, "val/bleu1": 10 + b, "epoch": e, "trainer/global_step": 10 * e + 9}
+           for e, b in enumerate((2.0, 5.0, 4.0))]
+    _offline_run(runs / "demo_geosign_token", [{"val/samples/size": 3}, *fit])  # a media row: no epoch
+    _offline_run(runs / "demo_geosign_token", [{"test/test/bleu4": 7.5, "test/dev/bleu4": 5.0, "epoch": 0}])
+    _offline_run(runs / "demo_posevq_mp", [{"val/loss": v, "epoch": e} for e, v in enumerate((4.4, 3.2))])
+    report = runs / "demo_posevq_mp" / "report"
+    report.mkdir(parents=True)
+    (report / "report.csv").write_text("method,wer,bleu4,steps\nPoseVQ-MP,76.5,4.0,10\nGT,4.0,71.5,\n")
+    result = demo_results.main(["--from-runs", str(runs), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "demo_results.json").read_text())["mode"] == "from-runs"
+    (token,) = result["translation"]
+    assert token["demo"] == "geosign_token" and token["config"] == "experiments/demo/geosign_token.yaml"
+    assert [v["metrics"]["val/bleu4"] for v in token["fit"]["validations"]] == [2.0, 5.0, 4.0]
+    assert token["fit"]["best"] == {"metric": "val/bleu4", "value": 5.0, "epoch": 1, "step": 19}  # the YAML's monitor, max
+    assert token["test"]["metrics"] == {"test/test/bleu4": 7.5, "test/dev/bleu4": 5.0}
+    assert token["fit"]["start_utc"] and token["fit"]["wandb_runtime_s"] >= 0
+    (mp,) = result["production"]
+    assert mp["fit"]["best"]["value"] == 3.2  # val/loss, mode min
+    assert mp["report"] == [{"method": "PoseVQ-MP", "wer": 76.5, "bleu4": 4.0, "steps": 10.0},
+                            {"method": "GT", "wer": 4.0, "bleu4": 71.5, "steps": None}]
+    assert "unisign_pose" in result["missing"] and "pose_vqvae" in result["missing"]
+    assert "geosign_token" in capsys.readouterr().out
+
+
+def test_demo_results_runs_the_cli_commands_it_times(tmp_path):
+    timing = demo_results.run_command([sys.executable, "-c", "x = bytearray(50 * 2 ** 20)"])
+    assert timing["wall_s"] > 0 and timing["peak_rss_gb"] > 0.04  # the child's own peak, not this process's
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        demo_results.run_command([sys.executable, "-c", "raise SystemExit(3)"])
+    joint = next(d for d in demo_results.PRODUCTION if d.name == "pose_vqvae_joint")
+    assert joint.run_dir() == "runs/demo_pose_vqvae_joint" and joint.monitor() == ("val/rec_mse", "min")
+    assert [d.run_dir() for d in demo_results.TRANSLATION] == [
+        yaml.safe_load((REPO / "experiments/demo" / f"{d.name}.yaml").read_text())["trainer"]["default_root_dir"]
+        for d in demo_results.TRANSLATION]
+
+
+# ---- geometry reference -----------------------------------------------------------------------------
+
+
+def test_geometry_reference_is_exact_to_float64():
+    pytest.importorskip("mpmath")
+    from benchmarks import geometry
+
+    check = geometry.reference_check(samples=2, digits=40)
+    assert max(check["max_abs_err"]["signlab_float64"].values()) < 1e-12
+    assert check["frechet_mean_float64_stationarity"] < 1e-12
+    row = geometry.row("dist", "2x3", lambda: torch.ones(2), lambda: torch.zeros(2), torch.ones(2, dtype=torch.float64),
+                       timing=False)
+    assert row == {"op": "dist", "shape": "2x3", "max_err_ours": 0.0, "max_err_geoopt": 1.0}
+
+
+# ---- parameter counts -------------------------------------------------------------------------------
+
+
+def test_param_counts_read_the_released_counts_the_reference_data_states(tmp_path):
+    from benchmarks import param_counts
+
+    (tmp_path / "unisign_pose_state_dict.tsv").write_text("# The state_dict of ... 1,234,567 parameters.\nkey\tshape\tdtype\n")
+    (tmp_path / "geosign_token_state_dict.tsv").write_text("# no count here\nkey\tshape\tdtype\n")
+    assert param_counts.released_count("unisign_pose", tmp_path) == 1_234_567
+    assert param_counts.released_count("geosign_token", tmp_path) is None
+    (tmp_path / "README.md").write_text("| `geosign_token_state_dict.tsv` | Geo-Sign | 7,654,321 (a note) |\n")
+    assert param_counts.released_count("geosign_token", tmp_path) == 7_654_321
+    assert param_counts.released_count("geosign_pooled", tmp_path) is None  # no released layout of its own
+    assert param_counts.MT5_BASE == __import__("tests.test_configs", fromlist=["MT5_BASE"]).MT5_BASE
