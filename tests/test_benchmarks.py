@@ -434,4 +434,3 @@ def test_param_counts_read_the_released_counts_the_reference_data_states(tmp_pat
     (tmp_path / "README.md").write_text("| `geosign_token_state_dict.tsv` | Geo-Sign | 7,654,321 (a note) |\n")
     assert param_counts.released_count("geosign_token", tmp_path) == 7_654_321
     assert param_counts.released_count("geosign_pooled", tmp_path) is None  # no released layout of its own
-    assert param_counts.MT5_BASE == __import__("tests.test_configs", fromlist=["MT5_BASE"]).MT5_BASE
