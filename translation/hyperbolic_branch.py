@@ -39,7 +39,7 @@ class HyperbolicBranch(nn.Module):
         init_c: initial curvature (c_init = 1.5, Table 3); learnable unless `learn_c` is False.
         label_smoothing: of the contrastive InfoNCE (label_smoothing_hyp = 0.2, Table 3).
         frechet_temperature: λ_w of the part weights, Eq. 4 (1.0 in the paper).
-        frechet_iters: fixed iteration count of the Fréchet mean (pooled mode).
+        frechet_iters: Newton steps of the Fréchet mean (pooled mode; default `geometry.frechet.FRECHET_ITERS`).
         init_scale: initial tangent scale s of every projection (listing 4: 1.0).
         gather_negatives: contrast against the targets of every DDP rank.
     """

@@ -40,7 +40,7 @@ def test_frechet_mean_zeroes_variance_gradient_in_float32(c):
 
 
 def test_default_iterations_reach_float32_floor_on_hard_inputs():
-    """FRECHET_ITERS steps converge on clipped points at the clip radius, with skewed weights,
+    """FRECHET_ITERS Newton steps converge on clipped points at the clip radius, with skewed weights,
     spread and near-duplicate points, for small and large curvature."""
     g = torch.Generator().manual_seed(3)
     for c in (0.3, 1.5, 3.0):
@@ -48,7 +48,7 @@ def test_default_iterations_reach_float32_floor_on_hard_inputs():
         v[:16] = v[:16, :1] + 0.01 * torch.randn(16, 4, 256, generator=g)  # near-duplicate parts
         x = expmap0(clip_tangent(v, c), c)
         w = torch.softmax(torch.randn(48, 4, generator=g) * torch.tensor([0.3, 3.0]).repeat(24)[:, None], -1)
-        truth = frechet_mean(x.double(), w.double(), c, dim=1, iters=300)
+        truth = frechet_mean(x.double(), w.double(), c, dim=1, iters=20)
         assert dist(frechet_mean(x, w, c, dim=1).double(), truth, c).max() < 6e-6
 
 
@@ -80,7 +80,7 @@ def test_gradcheck_through_the_unrolled_mean():
     x = _parts(0.8, batch=2, parts=3, dim=4, scale=1.0).double().requires_grad_()
     w = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).add(0.1).requires_grad_()
     # enough steps that the unrolled derivative equals the implicit (converged) one
-    assert torch.autograd.gradcheck(lambda x, w, c: frechet_mean(x, w, c, dim=1, iters=40), (x, w, c))
+    assert torch.autograd.gradcheck(lambda x, w, c: frechet_mean(x, w, c, dim=1, iters=10), (x, w, c))
     assert torch.autograd.gradcheck(lambda x, w, c: weighted_midpoint(x, w, c, dim=1), (x, w, c))
 
 
