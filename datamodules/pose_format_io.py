@@ -66,15 +66,14 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.atomic_write import write_bytes_atomically
-from datamodules.formats import MAX_UNPICKLED_BYTES
 from datamodules.keypoints import (FACE_COCO, LEFT_HAND_COCO, NUM_COCO_KEYPOINTS, PT_BONES,
                                    PT_LEFT_HAND, PT_NUM_JOINTS, PT_RIGHT_HAND, RIGHT_HAND_COCO)
 
 PathLike = str | Path
 
-# pose-format reads a whole file and copies its arrays, so a file costs about twice its size in memory:
-# the pose pickles' per-file budget, ~670k frames of 133 (x, y, confidence) float32 points for one person.
-MAX_POSE_FILE_BYTES = MAX_UNPICKLED_BYTES
+# pose-format reads a whole file and copies its arrays, so a file costs about twice its size in memory.
+# 1 GiB: ~670k frames (6 hours at 30 fps) of 133 (x, y, confidence) float32 points for one person.
+MAX_POSE_FILE_BYTES = 1 << 30
 
 # --------------------------------------------------------------------------------------------
 # Layouts
