@@ -1,14 +1,14 @@
 """Two optimisers that Lightning's automatic optimisation sees as one, and the LR schedule.
 
-Geo-Sign trains Euclidean parameters with AdamW and the hyperbolic branch with Riemannian Adam
+Geo-Sign trains Euclidean parameters with AdamW and the hyperbolic branch with (Riemannian) Adam
 (supplement Table 3). Lightning 2.x only automates a single optimiser (gradient accumulation,
 clipping, mixed precision, checkpointing); `JointOptimizer` is one `torch.optim.Optimizer` whose
 `param_groups`, `state`, `step`, `zero_grad` and `state_dict` cover both, so all of that keeps
 working and both optimisers land in every checkpoint.
 
 Each inner optimiser's param groups are named after what they train, for the learning-rate curves
-(`lr/<name>`, `callbacks.LearningRateLog`): `hyperbolic` for geoopt's Riemannian optimisers, which
-Geo-Sign gives its hyperbolic branch, `euclidean` for the others.
+(`lr/<name>`, `callbacks.LearningRateLog`): the `name` a group was given (Geo-Sign names its branch's
+groups `hyperbolic`), else `hyperbolic` for geoopt's Riemannian optimisers and `euclidean` for the others.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class JointOptimizer(Optimizer):
     def _name_groups(self) -> None:
         for opt in self.optimizers:
             for group in opt.param_groups:
-                group["name"] = group_name(opt)
+                group.setdefault("name", group_name(opt))  # a name the caller gave wins
 
     @property
     def param_groups(self) -> list[dict]:

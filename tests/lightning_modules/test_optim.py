@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import torch
 from geoopt.optim import RiemannianAdam
 from lightning.pytorch import LightningModule, Trainer
@@ -81,3 +83,43 @@ def test_lightning_accumulates_clips_and_checkpoints_both(tmp_path):
     inner = ckpt["optimizer_states"][0]["optimizers"]
     assert len(inner) == 2 and all(s["state"] for s in inner)
     assert inner[0]["state"][0]["step"] == 2  # one AdamW step per optimizer step, not per micro-batch
+
+
+def _branch_like_parameters(seed: int) -> list[torch.nn.Parameter]:
+    """A matrix with weight decay, a bias and 0-d logits, as Geo-Sign's branch holds them."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(6, 5, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g)),
+            torch.nn.Parameter(torch.tensor(0.4))]
+
+
+def _groups(params: list[torch.nn.Parameter]) -> list[dict]:
+    return [{"params": params[:1], "weight_decay": 0.01}, {"params": params[1:], "weight_decay": 0.0}]
+
+
+def test_foreach_adam_is_riemannian_adam_on_euclidean_parameters_and_resumes_its_state():
+    """Geo-Sign's branch trains with torch's foreach Adam in place of geoopt's RiemannianAdam (Table 3):
+    on Euclidean parameters the two take the same steps, and a RiemannianAdam state (an older
+    checkpoint's) continues in Adam."""
+    ours, theirs = _branch_like_parameters(0), _branch_like_parameters(0)
+    adam = torch.optim.Adam(_groups(ours), lr=1e-2, foreach=True)
+    radam = RiemannianAdam(_groups(theirs), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+
+    def step_both(first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
+        for p, q in zip(ours, theirs):
+            grad = torch.randn(p.shape, generator=g)
+            p.grad, q.grad = grad.clone(), grad.clone()
+        first.step(), second.step()
+
+    for _ in range(100):
+        step_both(adam, radam)
+    moved = max((p - q0).abs().max() for p, q0 in zip(ours, _branch_like_parameters(0)))
+    assert moved > 0.1  # the steps did move the parameters
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+    resumed = torch.optim.Adam(_groups(ours), lr=1e-2, foreach=True)
+    resumed.load_state_dict(copy.deepcopy(radam.state_dict()))
+    for _ in range(20):
+        step_both(resumed, radam)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
