@@ -26,12 +26,23 @@ whose every sample was skipped becomes a marker batch (``ALL_SKIPPED``) that the
 loaders leave out, counting it (``skipped_batches``); under DDP, where every rank must see the
 same number of batches, it raises instead.
 
+Skipped samples are reported in summaries, never one log line per file (a partial CSL-Daily
+would otherwise log some 19,000): one line per split at ``setup`` and one per batch that skips new
+samples (the first ``SKIP_LOG_LINES`` of those), each with the count by reason and the first few
+names; every skipped sample, with its message, goes to ``<run>/skipped_samples.tsv`` (the trainer's
+``default_root_dir``; ``skipped_samples.rank<r>.tsv`` per rank under DDP), or, with no trainer
+attached, to a file in the temporary folder that the line names.
+
 ``SplitDataModule`` holds what both DataModules share: SynthSign preparation, per-stage setup,
 sharded loaders and the skip count.
 """
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
 from typing import Callable, Sequence
 
 import lightning as L
@@ -61,14 +72,45 @@ def skip_marker(name: str, reason: str, message: str) -> dict:
     return {"name": name, "skipped": (name, reason, message)}
 
 
-def record_skips(skipped: dict[str, list[str]], entries: Sequence[tuple[str, str, str]]) -> None:
-    """Add ``(name, reason, message)`` entries to ``skipped`` (reason -> names), warning once
-    per new sample (a bad file is dropped again every epoch)."""
+SKIP_FILE = "skipped_samples.tsv"
+SKIP_EXAMPLES = 5  # names shown in a summary line
+SKIP_LOG_LINES = 10  # batch-time summary lines; later skips are only written to the file
+
+
+class SkippedSamples(dict):
+    """``reason -> names`` of the samples skipped so far (what readers of ``datamodule.skipped``
+    see: a plain dict), each sample once however often it is dropped (a bad file is dropped again
+    every epoch), plus the entries added since the last ``take_new`` with their messages."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+        self._new: list[tuple[str, str, str]] = []
+
+    def add(self, name: str, reason: str, message: str) -> None:
+        if (reason, name) not in self._seen:
+            self._seen.add((reason, name))
+            self.setdefault(reason, []).append(name)
+            self._new.append((name, reason, message))
+
+    def take_new(self) -> list[tuple[str, str, str]]:
+        new, self._new = self._new, []
+        return new
+
+
+def record_skips(skipped: SkippedSamples, entries: Sequence[tuple[str, str, str]]) -> None:
+    """Add ``(name, reason, message)`` entries to ``skipped``; the DataModule reports them in summaries."""
     for name, reason, message in entries:
-        names = skipped.setdefault(reason, [])
-        if name not in names:
-            names.append(name)
-            log.warning("skipping sample %r (%s): %s", name, reason, message)
+        skipped.add(name, reason, message)
+
+
+def skip_summary(entries: Sequence[tuple[str, str, str]]) -> str:
+    """``3 (missing 2, invalid 1): a, b, c`` for skip entries: the count by reason and the first names."""
+    counts = Counter(reason for _, reason, _ in entries)
+    names = [name for name, _, _ in entries[:SKIP_EXAMPLES]]
+    more = ", ..." if len(entries) > SKIP_EXAMPLES else ""
+    by_reason = ", ".join(f"{reason} {count}" for reason, count in counts.most_common())
+    return f"{len(entries)} ({by_reason}): {', '.join(names)}{more}"
 
 
 ALL_SKIPPED = "all_skipped"  # the key of the marker batch a collate returns when every sample was skipped
@@ -322,7 +364,9 @@ class SplitDataModule(L.LightningDataModule):
 
     def __init__(self):
         super().__init__()
-        self.skipped: dict[str, list[str]] = {}
+        self.skipped = SkippedSamples()
+        self.skip_file: Path | None = None  # where every skipped sample is listed, once there is one
+        self._skip_lines = 0  # batch-time summary lines logged
         self.datasets: dict[str, Dataset] = {}
         self.skipped_batches = 0  # batches left out because every sample in them was skipped
         self._epoch_dropped = 0  # ... of them in the current training epoch (saved with checkpoints)
@@ -334,11 +378,52 @@ class SplitDataModule(L.LightningDataModule):
 
             ensure_synthsign(self.data_dir, **self.synthsign_kwargs)
 
+    @classmethod
+    def stage_splits(cls, stage: str | None) -> tuple[str, ...]:
+        """The splits ``setup(stage)`` builds."""
+        return cls.test_splits if stage == "test" else STAGE_SPLITS.get(stage, SPLITS)
+
     def setup(self, stage: str | None = None) -> None:
-        splits = self.test_splits if stage == "test" else STAGE_SPLITS.get(stage, SPLITS)
-        for split in splits:
+        for split in self.stage_splits(stage):
             if split not in self.datasets:
                 self.datasets[split] = self._build(split)
+                new = self.skipped.take_new()
+                if new:
+                    log.warning("%s split: %d samples kept, skipping %s; every skipped sample is listed in %s",
+                                split, len(self.datasets[split]), skip_summary(new), self._list_skips(new))
+
+    def _report_batch_skips(self) -> None:
+        """One summary line for the samples skipped for the first time while loading a batch (the
+        first ``SKIP_LOG_LINES`` times), all of them written to the skip file."""
+        new = self.skipped.take_new()
+        if not new:
+            return
+        where = self._list_skips(new)
+        self._skip_lines += 1
+        if self._skip_lines <= SKIP_LOG_LINES:
+            last = "; further skips are only written there" if self._skip_lines == SKIP_LOG_LINES else ""
+            log.warning("skipping %s while loading a batch (%d skipped so far, all listed in %s%s)",
+                        skip_summary(new), self.num_skipped, where, last)
+
+    def _list_skips(self, entries: list[tuple[str, str, str]]) -> str:
+        """Append ``name, reason, message`` rows to the skip file (module docstring), created on
+        the first call; returns where they went, for the log line."""
+        try:
+            if self.skip_file is None:
+                rank, world = rank_and_world()
+                run_dir = self.trainer.default_root_dir if self.trainer is not None else None
+                name = SKIP_FILE if world == 1 else SKIP_FILE.replace(".tsv", f".rank{rank}.tsv")
+                if run_dir is None:
+                    name = f"signlab_{os.getpid()}_{name}"
+                path = Path(run_dir or tempfile.gettempdir()) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("name\treason\tmessage\n", encoding="utf-8")
+                self.skip_file = path
+            with self.skip_file.open("a", encoding="utf-8") as f:
+                f.writelines("\t".join(" ".join(field.split()) for field in entry) + "\n" for entry in entries)
+        except OSError as err:
+            return f"no file ({err})"
+        return str(self.skip_file)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -368,6 +453,7 @@ class SplitDataModule(L.LightningDataModule):
             raise BadSampleError(f"every sample in this batch is unreadable (a batch cannot be left out "
                                  f"under DDP): {detail}")
         record_skips(self.skipped, skipped)
+        self._report_batch_skips()
         self.skipped_batches += 1
         log.warning("left out a batch whose %d samples were all skipped (%d such batches so far)",
                     len(skipped), self.skipped_batches)
@@ -405,6 +491,7 @@ class SplitDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         record_skips(self.skipped, batch.pop("skipped", ()))
+        self._report_batch_skips()
         return batch
 
     @property

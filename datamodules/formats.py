@@ -514,6 +514,11 @@ def write_skels(path: PathLike, seqs: Sequence[np.ndarray]) -> None:
             np.savetxt(f, row.reshape(1, -1), fmt="%.7g")  # float32 precision, one line
 
 
+def pt_split_paths(pt_dir: PathLike, split: str) -> dict[str, Path]:
+    """``{suffix: pt_dir/<split>.<suffix>}`` for the four line-aligned PT files of a split."""
+    return {suffix: Path(pt_dir) / f"{split}.{suffix}" for suffix in PT_SUFFIXES}
+
+
 def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
                   ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Read ``{split}.{skels,gloss,text,files}`` from ``pt_dir`` (UTF-8, a byte-order mark allowed).
@@ -528,7 +533,7 @@ def read_pt_split(pt_dir: PathLike, split: str, on_bad_sample: str = "raise",
     """
     if on_bad_sample not in ("raise", "skip"):
         raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
-    paths = {suffix: Path(pt_dir) / f"{split}.{suffix}" for suffix in PT_SUFFIXES}
+    paths = pt_split_paths(pt_dir, split)
     for p in paths.values():
         if not p.is_file():
             raise FileNotFoundError(f"{p}: file not found (PT layout needs "

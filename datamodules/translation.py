@@ -20,15 +20,17 @@ Errors: a missing/empty label file fails in ``setup``. A label entry without tex
 field of the wrong type, and a missing, corrupt, refused (unsafe), empty, non-finite or
 unconfident (fewer than 4 body points above the 0.3 score threshold, so Uni-Sign would feed
 all-zero parts) pose file raise an error naming the sample and file, or with
-``on_bad_sample="skip"`` are dropped, logged once and counted in ``self.skipped`` (reason ->
-names). Label entries and missing files are checked in ``setup``; pose contents when the sample
-is loaded.
+``on_bad_sample="skip"`` are dropped and counted in ``self.skipped`` (reason -> names), reported
+in summary lines and listed in a file (``datamodules/batches.py``). Label entries and missing files
+are checked in ``setup``; pose contents when the sample is loaded.
 
 Packed cache (``packed=True``, the default): ``prepare_data`` unpickles and normalises every
-split's pose files once into ``<label_dir>/packed/`` (``datamodules/packed.py``: memory-mapped
-arrays plus an index, rebuilt when a label or pose file changes); ``setup`` uses it when it is
-fresh and otherwise reads the pickles. A damaged cache (checksum) is a ``PackedCacheError``, never
-a skipped sample. Batches are the same either way, bad samples included:
+split's pose files once into ``<label_dir>/packed/``, or with ``cache_dir`` set into
+``<cache_dir>/<label folder name>-<hash of its absolute path>/`` (so a read-only dataset still gets
+the packed path, and one ``cache_dir`` serves every dataset); ``datamodules/packed.py``:
+memory-mapped arrays plus an index, rebuilt when a label or pose file changes. ``setup`` uses it
+when it is fresh and otherwise reads the pickles. A damaged cache (checksum) is a
+``PackedCacheError``, never a skipped sample. Batches are the same either way, bad samples included:
 bit-identical for clips of at most ``max_len`` frames, within float32 rounding (a few 1e-7) for
 longer ones, whose normalised frames are moved onto the sampled frames' crop box.
 
@@ -37,6 +39,7 @@ padding, so the model gathers its predictions; ``use_distributed_sampler: false`
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 from collections.abc import Sequence
@@ -162,6 +165,19 @@ class PoseTextDataset(Dataset):
         return skip_marker(record["name"], reason, message)
 
 
+def label_path(label_dir: Path, split: str) -> Path:
+    """A split's label file in a Uni-Sign / GFSLT-VLP label folder."""
+    return Path(label_dir) / f"labels.{split}"
+
+
+def packed_cache_dir(label_dir: Path, cache_dir: str | None) -> Path:
+    """Where the packed cache of the labels in ``label_dir`` lives (module docstring)."""
+    if cache_dir is None:
+        return Path(label_dir) / "packed"
+    label_dir = Path(label_dir).resolve()
+    return Path(cache_dir) / f"{label_dir.name}-{hashlib.sha256(str(label_dir).encode()).hexdigest()[:12]}"
+
+
 class SignTranslationDataModule(SplitDataModule):
     """Pose -> text data for Geo-Sign / Uni-Sign (see the module docstring for layouts).
 
@@ -176,7 +192,8 @@ class SignTranslationDataModule(SplitDataModule):
                  max_len: int = 256,  # Uni-Sign's max_length (frames)
                  max_target_len: int = 64,  # tokens incl. eos; CSL-Daily's longest text is 43 chars
                  batch_size: int = 8, num_workers: int = 0, on_bad_sample: str = "raise",
-                 seed: int = 0, synthsign_kwargs: dict | None = None, packed: bool = True):
+                 seed: int = 0, synthsign_kwargs: dict | None = None, packed: bool = True,
+                 cache_dir: str | None = None):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -202,7 +219,7 @@ class SignTranslationDataModule(SplitDataModule):
         self.language = language
         self.max_target_len = max_target_len
         self.collate_fn = TranslationCollate(self.tokenizer.pad_token_id)
-        self.cache_dir = self.label_dir / "packed"
+        self.cache_dir = packed_cache_dir(self.label_dir, cache_dir)
 
     def _pose_paths(self, labels: dict[str, dict]) -> list[tuple[str, Path]]:
         """(name, pose file path) of every label, in file order: ``<stem>.pkl``, or a pose-format
@@ -222,50 +239,51 @@ class SignTranslationDataModule(SplitDataModule):
         if not self.packed:
             return
         for split in SPLITS:
-            label_path = self.label_dir / f"labels.{split}"
-            if not label_path.is_file():
+            path = label_path(self.label_dir, split)
+            if not path.is_file():
                 continue  # setup reports it if the stage needs this split
             try:
-                if ensure_packed(self.cache_dir, split, label_path, self._pose_paths(self._labels(label_path)[0])):
+                if ensure_packed(self.cache_dir, split, path, self._pose_paths(self._labels(path)[0])):
                     log.info("packed %s poses into %s", split, self.cache_dir)
             except OSError as err:  # e.g. a read-only dataset folder: training still works from pickles
                 log.warning("cannot build the packed pose cache in %s (%s); reading pose pickles "
-                            "(set packed: false to silence this)", self.cache_dir, err)
+                            "(set cache_dir to a writable folder, or packed: false to silence this)",
+                            self.cache_dir, err)
                 return
 
-    def _labels(self, label_path: Path) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
+    def _labels(self, labels_file: Path) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
         """The file's well-formed labels and, with ``on_bad_sample="skip"``, the skip entries of the
         malformed ones (with "raise" the first one raises, naming the file and sample)."""
         bad: list[tuple[str, str]] | None = [] if self.on_bad_sample == "skip" else None
-        labels = read_unisign_labels(label_path, bad=bad)
+        labels = read_unisign_labels(labels_file, bad=bad)
         return labels, [(name, "invalid", message) for name, message in bad or ()]
 
     def _build(self, split: str) -> PoseTextDataset:
-        label_path = self.label_dir / f"labels.{split}"
-        labels, malformed = self._labels(label_path)
+        labels_file = label_path(self.label_dir, split)
+        labels, malformed = self._labels(labels_file)
         record_skips(self.skipped, malformed)
         if not labels:
-            raise ValueError(f"{label_path}: no {'usable ' if malformed else ''}samples")
+            raise ValueError(f"{labels_file}: no {'usable ' if malformed else ''}samples")
         records, missing = [], []
         pose_paths = self._pose_paths(labels)
         for label, (_, pose_path) in zip(labels.values(), pose_paths):
             if not pose_path.is_file():
                 message = f"sample {label['name']!r}: pose file {pose_path} not found"
                 if self.on_bad_sample == "raise":
-                    raise FileNotFoundError(f"{label_path}: {message}")
+                    raise FileNotFoundError(f"{labels_file}: {message}")
                 missing.append((label["name"], "missing", message))
                 continue
             records.append({"name": label["name"], "text": label["text"], "gloss": label["gloss"],
                             "pose_path": pose_path})
         record_skips(self.skipped, missing)
         if not records:
-            raise ValueError(f"{label_path}: none of the {len(labels)} samples has a pose file "
+            raise ValueError(f"{labels_file}: none of the {len(labels)} samples has a pose file "
                              f"under {self.pose_dir}")
         # tokenised once per split; truncation keeps room for eos, so every target still ends with it
         encoded = self.tokenizer([r["text"] for r in records], truncation=True, max_length=self.max_target_len)
         for record, ids in zip(records, encoded["input_ids"]):
             record["target_ids"] = ids
-        poses = PackedPoses.open(self.cache_dir, split, label_path, [p for _, p in pose_paths]) if self.packed else None
+        poses = PackedPoses.open(self.cache_dir, split, labels_file, [p for _, p in pose_paths]) if self.packed else None
         if self.packed and poses is None:
             log.warning("no fresh packed cache for %s in %s (prepare_data builds it); reading pose pickles",
                         split, self.cache_dir)

@@ -404,3 +404,96 @@ def test_pose_format_files_are_read_where_a_pickle_would_be(csl, packed):
     assert batch["name"] == expected["name"][1:]  # Sdev000 is skipped: its (bad) pickle was read
     for key in ("body", "left", "right", "face", "frame_mask"):
         torch.testing.assert_close(batch[key], expected[key][1:], rtol=0, atol=2e-6)
+
+
+# -------------------------------------------------------------------------- real-dataset handling
+
+
+def test_a_partial_dataset_gives_one_summary_line_and_the_full_list_in_a_file(tmp_path, caplog):
+    import logging
+
+    label_dir, pose_dir, tok = _write_csl(tmp_path, {"train": [3] * 30, "dev": [3, 3]}, np.random.default_rng(1))
+    missing = sorted(pose_dir.glob("Strain*.pkl"))[2:]
+    for path in missing:
+        path.unlink()
+    dm = _dm((label_dir, pose_dir, tok), on_bad_sample="skip", packed=False)
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        dm.setup("fit")
+    lines = [r.getMessage() for r in caplog.records if "skip" in r.getMessage()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("train split: 2 samples kept, skipping 28 (missing 28): Strain002_P0000_T00, ")
+    assert line.count("Strain") == 5 and ", ..." in line
+    assert str(dm.skip_file) in line and dm.skip_file.parent != label_dir  # no trainer: a temporary file
+    rows = dm.skip_file.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "name\treason\tmessage" and len(rows) == 29
+    assert [row.split("\t")[0] for row in rows[1:]] == [p.stem for p in missing]
+    assert all(row.split("\t")[1] == "missing" and "not found" in row for row in rows[1:])
+    dm.skip_file.unlink()
+
+
+def test_batch_time_skips_are_summarised_and_capped(csl, caplog, monkeypatch):
+    import logging
+
+    import datamodules.batches as batches
+
+    label_dir, pose_dir, tok = csl
+    for path in pose_dir.glob("Strain*.pkl"):
+        path.write_bytes(b"\x80\x04garbage")
+    monkeypatch.setattr(batches, "SKIP_LOG_LINES", 2)
+    dm = _dm(csl, on_bad_sample="skip", packed=False, batch_size=1)
+    dm.setup("fit")
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        for _ in dm.train_dataloader():
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping ")]
+    assert len(lines) == 2 and "further skips are only written there" in lines[1]  # 5 bad samples, 2 lines
+    rows = dm.skip_file.read_text(encoding="utf-8").splitlines()[1:]
+    assert sorted(row.split("\t")[0] for row in rows) == sorted(p.stem for p in pose_dir.glob("Strain*.pkl"))
+    assert all(row.split("\t")[1] == "invalid" for row in rows)
+    dm.skip_file.unlink()
+
+
+def test_cache_dir_gives_a_read_only_dataset_the_packed_path(csl, tmp_path):
+    import os
+
+    label_dir, pose_dir, _ = csl
+    before = sorted(p.name for p in label_dir.iterdir())
+    for folder in (label_dir, pose_dir):
+        folder.chmod(0o555)
+    try:
+        if os.geteuid() != 0:  # root writes into a read-only folder anyway
+            default = _dm(csl)
+            default.prepare_data()
+            default.setup("fit")
+            assert default.datasets["train"].poses is None  # the slow pickle path
+        cache = tmp_path / "cache"
+        dm = _dm(csl, cache_dir=str(cache))
+        dm.prepare_data()
+        dm.setup("fit")
+        assert dm.datasets["train"].poses is not None and dm.datasets["dev"].poses is not None
+        assert dm.cache_dir.parent == cache and dm.cache_dir.name.startswith("labels-")
+        assert (dm.cache_dir / "train.index.json").is_file()
+        assert sorted(p.name for p in label_dir.iterdir()) == before  # nothing written beside the labels
+        reference = _dm(csl, packed=False)
+        reference.setup("fit")
+        got, expected = next(iter(dm.val_dataloader())), next(iter(reference.val_dataloader()))
+        assert got["name"] == expected["name"]
+        torch.testing.assert_close(got["body"], expected["body"], rtol=0, atol=1e-6)
+    finally:
+        for folder in (label_dir, pose_dir):
+            folder.chmod(0o755)
+
+
+def test_one_cache_dir_serves_two_datasets(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _write_csl(tmp_path / "a", {"train": [3, 4], "dev": [3]}, np.random.default_rng(2))
+    second = _write_csl(tmp_path / "b", {"train": [5], "dev": [3, 3]}, np.random.default_rng(3))
+    dms = [_dm(csl, cache_dir=str(tmp_path / "cache")) for csl in (first, second)]
+    assert dms[0].cache_dir != dms[1].cache_dir  # both label folders are called "labels"
+    for dm in dms:
+        dm.prepare_data()
+    for dm, count in zip(dms, (2, 1)):
+        dm.setup("fit")
+        assert dm.datasets["train"].poses is not None and len(dm.datasets["train"]) == count
