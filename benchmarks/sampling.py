@@ -37,7 +37,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, median_time, print_table, timed, write_results  # noqa: E402
-from generation.length import decode_length_candidates, lengths_to_mask  # noqa: E402
 from lightning_modules.checkpoint_io import load_checkpoint_file, load_lightning_module  # noqa: E402
 from lightning_modules.posevq_diffusion import METHOD_NAMES, PoseVQDiffusion  # noqa: E402
 
@@ -52,7 +51,7 @@ DIFFUSION_STEPS = (None, 20, 10)  # denoising steps: all T (the paper's sampler)
 GLOSS_FRAMES = 13  # frames per gloss in the timing inputs: SynthSign's test-split mean (53 frames / 4.1 glosses)
 
 QUICK_FRAMES, QUICK_BATCH = (8, 16), 2
-QUICK_MODEL = dict(d_model=32, heads=2, encoder_depth=1, num_levels=1, blocks_per_level=1, middle_blocks=1,
+QUICK_NETWORK = dict(d_model=32, heads=2, encoder_depth=1, num_levels=1, blocks_per_level=1, middle_blocks=1,
                    depth=1, ff_mult=2)
 QUICK_VQVAE = dict(hidden=16, layers=1, heads=2, codebook_size=16, spl_hidden=8)
 
@@ -66,14 +65,15 @@ class Setting:
 
     def name(self, model: PoseVQDiffusion) -> str:
         if self.method == "diffusion":
-            steps = len(model.diffusion.timesteps(self.sample_steps))
+            steps = len(model.code_generator.diffusion.timesteps(self.sample_steps))
             return f"{METHOD_NAMES['diffusion']} {steps} steps" + (" (T)" if self.sample_steps is None else "")
         if self.method == "mask_predict":
-            return f"{METHOD_NAMES['mask_predict']} {model.hparams.mp_iterations} it."
+            return f"{METHOD_NAMES['mask_predict']} {model.code_generator.mask_predict.iterations} it."
         return f"{METHOD_NAMES['autoregressive']} (KV cache)"
 
-    def overrides(self) -> dict:
-        return {"sample_steps": self.sample_steps} if self.method == "diffusion" else {}
+    def overrides(self, diffusion: dict) -> dict:
+        """PoseVQDiffusion arguments replacing those of a YAML or checkpoint whose diffusion settings are ``diffusion``."""
+        return {"diffusion": diffusion | {"sample_steps": self.sample_steps}} if self.method == "diffusion" else {}
 
 
 SETTINGS = (*(Setting("diffusion", s) for s in DIFFUSION_STEPS), Setting("mask_predict"), Setting("autoregressive"))
@@ -130,9 +130,12 @@ def random_vqvae_checkpoint(path: Path, quick: bool) -> str:
 
 def random_generator(setting: Setting, vqvae_ckpt: str, quick: bool) -> PoseVQDiffusion:
     """The setting's generator built from its demo YAML, untrained, in eval mode."""
-    init_args = demo_config(setting.method)["model"]["init_args"] | setting.overrides()
+    init_args = demo_config(setting.method)["model"]["init_args"]
+    init_args |= setting.overrides(init_args["diffusion"]) | {"vqvae_ckpt": vqvae_ckpt}
+    if quick:
+        init_args["network"] = init_args["network"] | QUICK_NETWORK
     torch.manual_seed(0)
-    return PoseVQDiffusion(**(init_args | (QUICK_MODEL if quick else {}) | {"vqvae_ckpt": vqvae_ckpt})).eval()
+    return PoseVQDiffusion(**init_args).eval()
 
 
 def timing_inputs(model: PoseVQDiffusion, frames: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -148,8 +151,7 @@ def sample_codes(model: PoseVQDiffusion, gloss_ids: torch.Tensor, gloss_mask: to
                  totals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``generate`` from the gloss encoder to the codes, with the total lengths (B, k) given:
     codes (B, T, P), frame_mask (B, T)."""
-    enc = model.encoder(gloss_ids, gloss_mask)
-    codes, frame_mask, _ = decode_length_candidates(model._sampler(enc, None), totals, model.num_parts)
+    codes, frame_mask, _ = model.sample_codes(model.code_generator.encode(gloss_ids, gloss_mask), totals)
     return codes, frame_mask
 
 
@@ -157,14 +159,15 @@ def compile_denoiser(model: PoseVQDiffusion, frames: int) -> None:
     """``torch.compile`` the CodeUnet trunk in place and check it still returns the eager logits."""
     gloss_ids, gloss_mask, _ = timing_inputs(model, frames, 2)
     num_tokens = frames * model.num_parts
-    x_t = torch.randint(0, model.num_codes + 1, (2, num_tokens))  # codes and [MASK]
+    x_t = torch.randint(0, model.vqvae.num_codes + 1, (2, num_tokens))  # codes and [MASK]
     token_mask = torch.ones(2, num_tokens, dtype=torch.bool)
-    t = torch.tensor([model.hparams.num_timesteps, 1])
+    t = torch.tensor([model.hparams.diffusion["num_timesteps"], 1])
+    denoiser = model.code_generator.denoiser
     with torch.no_grad():
-        cond = model.encoder(gloss_ids, gloss_mask).cond
-        eager = model.denoiser(x_t, t, token_mask, **cond)
-        model.denoiser.compile_trunk()
-        compiled = model.denoiser(x_t, t, token_mask, **cond)
+        cond = model.code_generator.encode(gloss_ids, gloss_mask).cond
+        eager = denoiser(x_t, t, token_mask, **cond)
+        denoiser.compile_trunk()
+        compiled = denoiser(x_t, t, token_mask, **cond)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 
@@ -181,7 +184,7 @@ def time_setting(model: PoseVQDiffusion, name: str, frames_list: Sequence[int], 
             seconds = median_time(run, repeats, 0 if compiled else warmup) / batch
             print(f"  {frames} frames, batch {batch}: {seconds:.4f} s/sequence", flush=True)  # partial runs tell too
             rows.append({"setting": name, "method": model.hparams.method, "compiled": compiled,
-                         "steps": model.sampling_steps(lengths_to_mask(totals[:, 0])), "frames": frames,
+                         "steps": model.code_generator.steps(totals[:, 0] * model.num_parts), "frames": frames,
                          "batch": batch, "seconds_per_sequence": seconds, "sequences_per_s": 1.0 / seconds,
                          "first_call_s": first_call})
     return rows
@@ -193,7 +196,7 @@ def time_vq_decoding(model: PoseVQDiffusion, frames_list: Sequence[int], batches
     out = {}
     for frames in frames_list:
         for batch in batches:
-            codes = torch.randint(0, model.num_codes, (batch, frames, model.num_parts))
+            codes = torch.randint(0, model.vqvae.num_codes, (batch, frames, model.num_parts))
             mask = torch.ones(batch, frames, dtype=torch.bool)
             with torch.no_grad():
                 out[frames, batch] = median_time(lambda: model.vqvae.decode(codes, mask), repeats, warmup) / batch
@@ -277,7 +280,7 @@ def back_translation_row(path: Path, checkpoint: dict, setting: Setting, back_tr
     method = setting.method
     model = load_lightning_module(
         PoseVQDiffusion, path, map_location="cpu", back_translator_ckpt=str(back_translator), report_dir=str(report_dir),
-        **setting.overrides())
+        **setting.overrides(checkpoint["hyper_parameters"]["diffusion"]))
     name = setting.name(model)
     print(f"back-translating {name} ({path}) ...", flush=True)
     torch.manual_seed(0)  # the samplers draw from the global generator

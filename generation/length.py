@@ -15,8 +15,7 @@ different poses can itself become a peak.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,42 +102,6 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
     """lengths (B,) -> (B, max_len) bool, True for the first lengths[b] positions."""
     max_len = int(lengths.max()) if max_len is None else max_len
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def cached_gloss_lengths(
-    items: Iterable[tuple[str, torch.Tensor, int]],
-    cache_path: str | Path,
-    fingerprint: str = "",
-    k: int = 16,
-    l: int = 16,
-) -> dict[str, torch.Tensor]:
-    """Sequential-KNN labels for a dataset, computed once and cached in `cache_path`.
-
-    items: (sample name, latents (T, D), number of glosses). Latents are only materialised for
-    names missing from the cache (pass a generator to avoid encoding cached samples). The
-    cache is reused only if its k, l and `fingerprint` (e.g. the VQ-VAE checkpoint's name)
-    match; otherwise it is rebuilt.
-    """
-    path = Path(cache_path)
-    meta = {"k": k, "l": l, "fingerprint": fingerprint}
-    lengths: dict[str, torch.Tensor] = {}
-    if path.exists():
-        from lightning_modules.checkpoint_io import load_checkpoint_file  # lazy: generation/ does not import Lightning
-
-        stored = load_checkpoint_file(path, weights_only=True)
-        if not isinstance(stored, dict) or "lengths" not in stored:
-            raise ValueError(f"{path} is not a gloss-length cache (no 'lengths' entry)")
-        if all(stored.get(key) == value for key, value in meta.items()):
-            lengths = dict(stored["lengths"])
-    changed = False
-    for name, latents, num_glosses in items:
-        if name not in lengths:
-            lengths[name] = sequential_knn_lengths(latents, num_glosses, k, l)
-            changed = True
-    if changed or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**meta, "lengths": lengths}, path)
-    return lengths
 
 
 # ------------------------------------------------------------------------ length head

@@ -56,9 +56,13 @@ TINY_DIFFUSION = """
 trainer: {max_epochs: 2, log_every_n_steps: 1, enable_progress_bar: false, deterministic: true, limit_val_batches: 1}
 step_checkpoint: {every_n_train_steps: 2}
 model:
-  init_args: {vqvae_ckpt: runs/vq/checkpoints/last.ckpt, d_model: 16, heads: 2, encoder_depth: 1,
-              blocks_per_level: 1, middle_blocks: 1, sample_steps: 2, knn_k: 4, knn_l: 4,
-              num_logged_samples: 1, warmup_steps: 2}
+  init_args:
+    vqvae_ckpt: runs/vq/checkpoints/last.ckpt
+    network: {d_model: 16, heads: 2, encoder_depth: 1, blocks_per_level: 1, middle_blocks: 1}
+    diffusion: {sample_steps: 2}
+    length: {knn_k: 4, knn_l: 4}
+    optim: {warmup_steps: 2}
+    num_logged_samples: 1
 data:
   init_args:
     batch_size: 4

@@ -1,4 +1,4 @@
-"""Sequential-KNN labels, their cache, the length head, length candidates and candidate decoding."""
+"""Sequential-KNN labels, the length head, length candidates and candidate decoding."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from generation.diffusion import Generated
 from generation.length import (
     LengthHead,
-    cached_gloss_lengths,
     decode_length_candidates,
     even_lengths,
     length_candidates,
@@ -78,25 +77,6 @@ def test_lengths_always_partition_the_sequence(num_frames, num_glosses, seed, re
     assert out.shape == (num_glosses,) and out.sum().item() == num_frames
     if num_glosses <= num_frames:
         assert (out >= 1).all()
-
-
-def test_cache_is_written_once_and_reused(tmp_path):
-    path = tmp_path / "lengths" / "train.pt"
-    items = [("a", segments([8, 8]), 2), ("b", segments([5, 9, 7], seed=1), 3)]
-    first = cached_gloss_lengths(items, path, fingerprint="vq-1")
-    assert path.exists() and first["a"].tolist() == [8, 8] and first["b"].tolist() == [5, 9, 7]
-
-    def poisoned():  # cached names must not be recomputed
-        yield "a", torch.full((16, 8), float("nan")), 2
-
-    assert cached_gloss_lengths(poisoned(), path, fingerprint="vq-1")["a"].tolist() == [8, 8]
-    # another fingerprint rebuilds
-    rebuilt = cached_gloss_lengths([("a", segments([4, 12]), 2)], path, fingerprint="vq-2")
-    assert set(rebuilt) == {"a"} and rebuilt["a"].tolist() == [4, 12]
-    bad = tmp_path / "bad.pt"
-    torch.save({"x": 1}, bad)
-    with pytest.raises(ValueError, match="bad.pt"):
-        cached_gloss_lengths([], bad)
 
 
 def test_length_head_loss_is_eq12():

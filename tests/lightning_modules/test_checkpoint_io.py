@@ -28,7 +28,7 @@ def _no_opt_in(monkeypatch):
 
 def test_every_library_load_site_refuses_code_and_names_the_file(tmp_path):
     from benchmarks.sampling import CHECKPOINT_FLAGS, load_checkpoints
-    from generation.length import cached_gloss_lengths
+    from lightning_modules.production_caches import cached_gloss_lengths
     from lightning_modules.posevq_diffusion import load_frozen_vqvae
     from tests.cli_fixtures.tiny import TinyRegressor
 
@@ -58,17 +58,17 @@ SAFE_HINT = f"set {UNSAFE_LOAD_ENV}=1"
 
 def test_back_translator_and_targets_cache_refuse_code(tmp_path):
     from lightning_modules.posevq_diffusion import PoseVQDiffusion
+    from lightning_modules.production_caches import TargetsCache
 
     marker = tmp_path / "pwned"
     evil = evil_checkpoint(tmp_path / "bt.ckpt", marker)
-    # setup("test") and load_targets_cache only read `hparams` / the cache path: no model needed.
+    # setup("test") only reads `hparams`, and the cache file is read before the tokenizer is looked at: no model needed.
     fake = argparse.Namespace(hparams=AttributeDict(back_translator_ckpt=str(evil)), evaluator=None)
     with pytest.raises(UnsafeCheckpointError, match="bt.ckpt"):
         PoseVQDiffusion.setup(fake, "test")
     cache = evil_checkpoint(tmp_path / "posevq_targets.pt", marker)
-    fake = argparse.Namespace(cache_path=lambda: cache)
     with pytest.raises(UnsafeCheckpointError, match="posevq_targets.pt"):
-        PoseVQDiffusion.load_targets_cache(fake)
+        TargetsCache(16, 16).load(cache, torch.nn.Linear(1, 1))
     assert not marker.exists()
 
 
