@@ -9,7 +9,7 @@ PHOENIX-2014T). Given the Pose-VQVAE's reconstruction of the reference poses, it
 would score, the practical ceiling the tokenizer sets for its generators. DTW-MJE compares the
 generated with the reference poses using Progressive Transformers' definition (L1 frame cost
 over the 50 x 3 joint values, divided by the reference length; ``generation.metrics.dtw_mje``,
-research note §2).
+whose module docstring sets it beside the other definitions in use).
 
 A generator's ``test_step`` calls ``update`` per batch, ``on_test_epoch_end`` calls ``compute``
 on every rank (results are gathered with ``all_gather_object``, each sample counted once by
