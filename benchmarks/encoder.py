@@ -1,4 +1,4 @@
-"""The ST-GCN pose encoder against a per-part loop of the release's arithmetic (issue #19, item 7).
+"""The ST-GCN pose encoder against a per-part loop of the release's arithmetic.
 
 Plain script: ``python benchmarks/encoder.py [--quick] [--out DIR]``.
 
@@ -19,7 +19,7 @@ semantics).
    ``PoseEncoder(out_dim=768)``, batch 8, 256 frames, clips padded to the longest), 2 torch
    threads. Encoder and reference alternate within every round (ABBA order across rounds) so a
    burst of load on the shared box hits both alike; the speed-up is taken round by round and
-   reported as median and quartiles. Goal of the issue: >= 1.3x.
+   reported as median and quartiles. The goal: >= 1.3x.
 
 Prints a table and writes ``encoder.json``.
 
@@ -71,7 +71,7 @@ from translation.stgcn import PoseEncoder, STGCNBlock  # noqa: E402
 PAPER = dict(encoder=dict(out_dim=768), batch=8, frames=256, rounds=6)  # PoseEncoder defaults = Uni-Sign
 QUICK = dict(encoder=dict(out_dim=12, hidden=(8, 8, 16), temporal_blocks=2, temporal_kernel=3),
              batch=3, frames=10, rounds=2)
-THREADS = 2  # the issue's measurement; --quick uses 1 (a smoke run: no OpenMP barriers to wait on a busy box)
+THREADS = 2  # the goal is stated on 2 threads; --quick uses 1 (a smoke run: no OpenMP barriers to wait on a busy box)
 
 
 # --- the reference: one pass per part, as the release runs it -------------------------------------

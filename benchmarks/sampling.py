@@ -10,8 +10,9 @@ fast tokens are sampled does not depend on what the weights learnt), over a rand
 the length head: the gloss encoder, then the method's sampler through ``decode_length_candidates``
 with one fixed total length, so every method decodes the same frames × parts tokens. VQ-VAE
 decoding is the same for every method and timed apart. Seconds are the median wall time of a few
-runs with torch on ``--threads`` (default 2, the issue's setting; on a box other jobs keep busy,
-2 threads contend with them and 1 gives steadier numbers), at batch 1 and ``--batch``.
+runs with torch on ``--threads`` (default 2, as docs/performance.md's times were measured; on a
+box other jobs keep busy, 2 threads contend with them and 1 gives steadier numbers), at batch 1
+and ``--batch``.
 ``--compile`` adds rows with the CodeUnet trunk ``torch.compile``d (diffusion and MP;
 ``CodeUnet.compile_trunk``), after checking it returns the eager logits; the compile time is
 recorded, and a compile failure is printed and recorded, not hidden.
@@ -44,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIGS = {"diffusion": "posevq_diffusion.yaml", "mask_predict": "posevq_mp.yaml",
                 "autoregressive": "posevq_ar.yaml"}
 CHECKPOINT_FLAGS = {"diffusion": "diffusion", "mask_predict": "mp", "autoregressive": "ar"}
-FRAMES = (64, 128, 256)  # the issue's sequence lengths
-THREADS = 2  # the issue author's measurement: 2 CPU threads
+FRAMES = (64, 128, 256)  # the sequence lengths docs/performance.md reports
+THREADS = 2  # docs/performance.md's times were measured on 2 CPU threads
 REPEATS = 3
 DIFFUSION_STEPS = (None, 20, 10)  # denoising steps: all T (the paper's sampler), then fast sampling
 GLOSS_FRAMES = 13  # frames per gloss in the timing inputs: SynthSign's test-split mean (53 frames / 4.1 glosses)
@@ -88,7 +89,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also time the CodeUnet under torch.compile")
     parser.add_argument("--batch", type=int, default=8, help="the batched setting's batch size (default 8)")
     parser.add_argument("--threads", type=int, default=THREADS,
-                        help=f"torch threads while timing (default {THREADS}, the issue's); --quick keeps the caller's")
+                        help=f"torch threads while timing (default {THREADS}, as in docs/performance.md); --quick keeps the caller's")
     for method, flag in CHECKPOINT_FLAGS.items():
         parser.add_argument(f"--{flag}", type=Path, metavar="CKPT", help=f"trained {METHOD_NAMES[method]} checkpoint")
     parser.add_argument("--back-translator", type=Path, metavar="CKPT",

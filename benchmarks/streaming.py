@@ -7,7 +7,7 @@ epochs (page cache filled by an untimed epoch first; one loader per path for all
 a training run keeps its loader) of both paths on the same samples at the paper settings
 (batch 16, max_len 256), main process and 2 workers, the two paths taking turns epoch by epoch so
 that a drift of the shared machine's speed reaches both alike. Records the median epoch's
-samples/s, the streaming/packed ratio (the issue's goal: >= 0.8 warm with 2 workers) and the bytes
+samples/s, the streaming/packed ratio (the goal: >= 0.8 warm with 2 workers) and the bytes
 per stored frame of each path (its files on disk / frames; the chunks also hold each sample's
 labels and token ids). Cold reads and object stores are not timed here (a local folder only).
 Prints a table, writes ``streaming.json``.

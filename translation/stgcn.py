@@ -19,7 +19,7 @@ Layout inside the streams is (B, C, T, V), the convention of ST-GCN; the input p
 permute leaves it channels-last in memory, which oneDNN's convolutions keep (and which gave the
 most accurate float32 gradients of the layouts tried).
 
-Speed (issue #19 item 7, ``benchmarks/encoder.py``): the encoder runs the release's arithmetic
+Speed (``benchmarks/encoder.py``): the encoder runs the release's arithmetic
 part by part and is bound by its convolutions (oneDNN, about 2/3 of a training step on 2 CPU
 cores), so it stays as it is: fusing both hands into one pass, GEMM/bmm graph convolutions, a
 nodes-first layout, NCHW and NHWC variants and in-place BatchNorm/ReLU/sum outputs were

@@ -20,7 +20,7 @@ ROLES = ("time", "place", "subject", "subject_adj", "object", "object_adj", "ver
 _ROLE_CATEGORY = {"time": "time", "place": "place", "subject": "noun", "subject_adj": "adjective",
                   "object": "noun", "object_adj": "adjective", "verb": "verb",
                   "negation": "negation", "question": "question"}
-MIN_GLOSSES, MAX_GLOSSES = 2, 7  # sentence length in glosses (the issue's 2-7)
+MIN_GLOSSES, MAX_GLOSSES = 2, 7  # SynthSign sentences have 2-7 glosses
 # Optional roles, dropped in this order while a sentence is longer than MAX_GLOSSES.
 _DROP_ORDER = ("subject_adj", "object_adj", "place", "time")
 LANGUAGES = ("de", "zh")

@@ -245,7 +245,7 @@ def test_block_computes_the_released_arithmetic(c_in, c_out, kernel):
     assert (kernel > 1) == ("tcn.0.bias" in released) and (c_in != c_out) == ("residual.0.bias" in released)
 
 
-# --- the encoder against a per-part loop of the release's arithmetic (issue #19, item 7) ----------
+# --- the encoder against a per-part loop of the release's arithmetic ----------------------------
 
 def _step(forward, enc, parts, mask, probe):
     emb, feats = forward(enc, parts, mask)
