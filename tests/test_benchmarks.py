@@ -184,8 +184,9 @@ def production_checkpoints(tmp_path_factory) -> dict[str, str]:
     paths = {}
     for method, flag in sampling.CHECKPOINT_FLAGS.items():
         torch.manual_seed(0)
-        model = PoseVQDiffusion(vqvae, method=method, **sampling.QUICK_MODEL, max_length=64, mp_iterations=3,
-                                length_candidates=1, knn_k=2, knn_l=2, warmup_steps=1, num_logged_samples=0)
+        model = PoseVQDiffusion(vqvae, method=method, network=sampling.QUICK_NETWORK, max_length=64,
+                                diffusion={"mp_iterations": 3}, length={"candidates": 1, "knn_k": 2, "knn_l": 2},
+                                optim={"warmup_steps": 1}, num_logged_samples=0)
         trainer = Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
                           default_root_dir=root / flag)
