@@ -20,7 +20,7 @@ from lightning_modules.pose_vqvae import PoseVQVAE
 from lightning_modules.posevq_diffusion import PoseVQDiffusion
 from lightning_modules.production_caches import CACHE_FILE, weights_fingerprint
 from lightning_modules.production_settings import DiffusionSettings, LengthSettings, NetworkSettings, OptimSettings
-from tests.conftest import REPO
+from tests.cli_runs import REPO
 
 FRAMES_PER_GLOSS = 4
 NUM_CODES = 16
@@ -295,7 +295,7 @@ def test_predict_writes_pt_files_readable_by_the_readers(vqvae_ckpt, tmp_path):
 
 
 def test_predict_writes_pose_files_beside_the_skels_that_pose_format_reads(vqvae_ckpt, tmp_path):
-    pytest.importorskip("pose_format")
+    pytest.importorskip("pose_format", reason="the `pose-format` extra is not installed")
     from pose_format import Pose
 
     from datamodules.pose_format_io import PT_POSE_OFFSET, PT_POSE_SCALE

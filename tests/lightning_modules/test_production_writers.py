@@ -36,7 +36,7 @@ def test_pose_files_mirror_the_sample_names_and_never_leave_the_folder(tmp_path)
 
 
 def test_writer_keeps_each_sequence_to_its_frames_and_writes_the_asked_formats(tmp_path):
-    pytest.importorskip("pose_format")
+    pytest.importorskip("pose_format", reason="the `pose-format` extra is not installed")
     from pose_format import Pose
 
     writer = PredictionWriter(["pose"], fps=10.0)
