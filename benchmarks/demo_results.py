@@ -15,8 +15,8 @@ Either way the numbers are then read from the run folders (``trainer.default_roo
 YAML, under ``--from-runs DIR`` by its last component): every validation's ``val/*`` scalars and
 the test scores from the offline W&B files (the latest fit run and the latest run holding
 ``test/`` scalars), the generators' back-translation report (``<run>/report/report.csv``), and
-from W&B's system records the run's duration and the largest RSS it sampled (every 15 s, main
-process only: below the ``wait4`` peak). A run folder that is absent is listed as missing.
+from W&B's system records the run's command, git commit, host, CPU and memory, its duration and
+the largest RSS it sampled (every 15 s, main process only: below the ``wait4`` peak). A run folder that is absent is listed as missing.
 
 Prints a table, writes ``demo_results.json``.
 """
@@ -125,6 +125,7 @@ class WandbRun:
     runtime_s: float | None = None
     max_sampled_rss_mb: float | None = None
     history: list[dict] = field(default_factory=list)  # one dict of numeric scalars per logged step
+    environment: dict = field(default_factory=dict)  # where and how it ran: command, commit, host, CPU, memory
 
 
 def read_wandb_run(path: Path) -> WandbRun:
@@ -150,6 +151,18 @@ def read_wandb_run(path: Path) -> WandbRun:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     row[key] = value
             run.history.append(row)
+        elif kind == "environment":
+            env = record.environment
+            if env.args or env.program:
+                run.environment["command"] = " ".join([Path(env.program).name, *env.args])
+            for key, value in (("os", env.os), ("python", env.python), ("host", env.host),
+                               ("git_commit", env.git.commit), ("cpu", env.cpu.model)):
+                if value:
+                    run.environment[key] = value
+            if env.cpu_count:
+                run.environment["cpus"] = env.cpu_count
+            if env.memory.total:
+                run.environment["memory_gb"] = round(env.memory.total / 1e9, 1)
         elif kind == "stats":
             rss += [float(item.value_json) for item in record.stats.item if item.key == "proc.memory.rssMB"]
         elif kind == "exit":
@@ -181,8 +194,9 @@ def fit_results(run: WandbRun, monitor: str | None, mode: str) -> dict:
         pick = max if mode == "max" else min
         top = pick(scored, key=lambda v: v["metrics"][monitor])
         best = {"metric": monitor, "value": top["metrics"][monitor], "epoch": top["epoch"], "step": top["step"]}
-    return {"wandb_run": run.run_id, "start_utc": run.start_utc, "wandb_runtime_s": run.runtime_s,
-            "max_sampled_rss_mb": run.max_sampled_rss_mb, "validations": validations, "best": best}
+    return {"wandb_run": run.run_id, "start_utc": run.start_utc, "environment": run.environment,
+            "wandb_runtime_s": run.runtime_s, "max_sampled_rss_mb": run.max_sampled_rss_mb,
+            "validations": validations, "best": best}
 
 
 def test_metrics(run: WandbRun) -> dict:
@@ -213,7 +227,8 @@ def demo_results(demo: Demo, runs_dir: Path) -> dict | None:
         tests = [r for r in runs if test_metrics(r)]
         result["test_args"] = list(demo.test_args)
         result["test"] = ({"wandb_run": tests[-1].run_id, "start_utc": tests[-1].start_utc,
-                           "metrics": test_metrics(tests[-1])} if tests else None)
+                           "environment": tests[-1].environment, "metrics": test_metrics(tests[-1])}
+                          if tests else None)
         report = run_dir / "report" / "report.csv"
         if report.is_file():
             result["report"] = read_report(report)

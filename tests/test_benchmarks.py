@@ -123,7 +123,7 @@ def test_data_loading_quick_writes_json(tmp_path, capsys):
     demo = result["demo"]  # the demo row reads the demo YAML's loader settings
     assert demo["yaml"] == "experiments/demo/geosign_token.yaml" and demo["batch_ms"] > 0
     assert (demo["batch_size"], demo["max_len"], demo["num_workers"]) == (
-        demo_yaml["batch_size"], demo_yaml["max_len"], demo_yaml["num_workers"]) == (8, 32, 2)
+        demo_yaml["batch_size"], demo_yaml["max_len"], demo_yaml["num_workers"])
     assert all("keeps_up" not in row for row in result["rows"])  # release-sized batches are not the demo's
     _machine_ok(result["machine"])
     assert "samples/s" in capsys.readouterr().out
@@ -387,6 +387,7 @@ def test_demo_results_from_runs_reads_wandb_files_and_reports(tmp_path, capsys):
     assert token["fit"]["best"] == {"metric": "val/bleu4", "value": 5.0, "epoch": 1, "step": 19}  # the YAML's monitor, max
     assert token["test"]["metrics"] == {"test/test/bleu4": 7.5, "test/dev/bleu4": 5.0}
     assert token["fit"]["start_utc"] and token["fit"]["wandb_runtime_s"] >= 0
+    assert token["fit"]["environment"]["python"].startswith("CPython")  # where the run ran, from its own record
     (mp,) = result["production"]
     assert mp["fit"]["best"]["value"] == 3.2  # val/loss, mode min
     assert mp["report"] == [{"method": "PoseVQ-MP", "wer": 76.5, "bleu4": 4.0, "steps": 10.0},
