@@ -412,7 +412,7 @@ def test_demo_results_runs_the_cli_commands_it_times(tmp_path):
 
 
 def test_geometry_reference_is_exact_to_float64():
-    pytest.importorskip("mpmath")
+    pytest.importorskip("mpmath", reason="the reference check needs mpmath (torch installs it with sympy)")
     from benchmarks import geometry
 
     check = geometry.reference_check(samples=2, digits=40)
@@ -436,3 +436,29 @@ def test_param_counts_read_the_released_counts_the_reference_data_states(tmp_pat
     (tmp_path / "README.md").write_text("| `geosign_token_state_dict.tsv` | Geo-Sign | 7,654,321 (a note) |\n")
     assert param_counts.released_count("geosign_token", tmp_path) == 7_654_321
     assert param_counts.released_count("geosign_pooled", tmp_path) is None  # no released layout of its own
+
+
+# ---- demo step through the CLI ----------------------------------------------------------------------
+
+
+def test_cli_steps_alternate_the_configs_and_subtract_the_short_fit(tmp_path, capsys):
+    from benchmarks import cli_steps
+
+    calls = []
+
+    def fake_fit(config: str, steps: int) -> float:  # 10 s start-up, then 0.1 s a step (0.11 s with a branch)
+        calls.append((config, steps))
+        return 10.0 + steps * (0.1 if config == "unisign_pose" else 0.11)
+
+    result = cli_steps.main(["--long", "120", "--short", "20", "--rounds", "2", "--out", str(tmp_path)], run=fake_fit)
+    order = ["unisign_pose", "geosign_pooled", "geosign_token"]
+    assert [c for c, steps in calls if steps == 120] == order + order[::-1]
+    assert calls[:2] == [("unisign_pose", 120), ("unisign_pose", 20)]  # long, then short, per record
+    steps = {(r["round"], r["config"]): r["ms_per_step"] for r in result["records"]}
+    assert steps[0, "unisign_pose"] == pytest.approx(100.0) and steps[1, "geosign_token"] == pytest.approx(110.0)
+    assert {r["config"]: r["ratio_to_baseline"] for r in result["ratios"]} == pytest.approx(
+        {"geosign_pooled": 1.1, "geosign_token": 1.1})
+    assert json.loads((tmp_path / "cli_demo_steps.json").read_text())["records"] == result["records"]
+    with pytest.raises(SystemExit):
+        cli_steps.main(["--long", "20", "--short", "20", "--out", str(tmp_path)], run=fake_fit)
+    assert "x baseline" in capsys.readouterr().out

@@ -1,0 +1,99 @@
+"""The demo configs' training step through the CLI: a long fit minus a short one, configs alternating.
+
+    python benchmarks/cli_steps.py [--long 120 320] [--short 20] [--rounds 2] [--out DIR]
+
+For each long step count and round, each demo YAML (``experiments/demo/{unisign_pose,
+geosign_pooled,geosign_token}.yaml``, in that order in even rounds and reversed in odd ones, so a
+drift of the shared machine's speed reaches them alike) runs ``lightning fit --config <yaml>
+--trainer.limit_val_batches 0 --trainer.max_steps N --trainer.default_root_dir <temporary>`` with
+``WANDB_MODE=disabled``, at N = long and then N = short; (long seconds - short seconds) / (long -
+short) is the step without start-up, data preparation and the first steps' warm-up. Also the
+ratio of each Geo-Sign config's step to the baseline's in the same round. Each run of 120 steps
+takes about half a minute on the 2-core VM, so the default plan is about ten minutes.
+
+Prints a table, writes ``cli_demo_steps.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS_DIR, print_table, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("unisign_pose", "geosign_pooled", "geosign_token")
+BASELINE = "unisign_pose"
+
+
+def fit_seconds(config: str, steps: int) -> float:
+    """Wall seconds of one ``lightning fit`` of a demo YAML for ``steps`` optimizer steps."""
+    with tempfile.TemporaryDirectory() as root:
+        args = ["lightning", "fit", "--config", f"experiments/demo/{config}.yaml", "--trainer.limit_val_batches", "0",
+                "--trainer.max_steps", str(steps), "--trainer.default_root_dir", root]
+        start = time.perf_counter()
+        subprocess.run(args, cwd=REPO, env=os.environ | {"WANDB_MODE": "disabled"}, check=True,
+                       stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+
+def measure(longs: Sequence[int], short: int, rounds: int,
+            run: Callable[[str, int], float] = fit_seconds) -> list[dict]:
+    """One record per (long, round, config), in the order they ran."""
+    records = []
+    for long in longs:
+        for round_ in range(rounds):
+            for config in CONFIGS if round_ % 2 == 0 else CONFIGS[::-1]:
+                long_s, short_s = run(config, long), run(config, short)
+                records.append({"round": round_, "config": config, "long": long, "short": short,
+                                "long_s": long_s, "short_s": short_s,
+                                "ms_per_step": 1e3 * (long_s - short_s) / (long - short),
+                                "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S"),
+                                "load": os.getloadavg()[0]})
+    return records
+
+
+def ratios(records: list[dict]) -> list[dict]:
+    """Each config's step over the baseline's in the same round and long step count."""
+    base = {(r["long"], r["round"]): r["ms_per_step"] for r in records if r["config"] == BASELINE}
+    return [{"long": r["long"], "round": r["round"], "config": r["config"],
+             "ratio_to_baseline": r["ms_per_step"] / base[r["long"], r["round"]]}
+            for r in records if r["config"] != BASELINE and (r["long"], r["round"]) in base]
+
+
+def main(argv: Sequence[str] | None = None, run: Callable[[str, int], float] = fit_seconds) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--long", type=int, nargs="+", default=[120, 320], help="long fits' steps (default 120 320)")
+    parser.add_argument("--short", type=int, default=20, help="short fit's steps (default 20)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, the order reversed in odd ones (default 2)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})")
+    args = parser.parse_args(argv)
+    if args.short < 1 or args.rounds < 1 or min(args.long) <= args.short:
+        parser.error("need --short >= 1, --rounds >= 1 and every --long above --short")
+    records = measure(args.long, args.short, args.rounds, run)
+    print_table("Demo training step through the CLI (long minus short fit)", records,
+                [("long", "long", "d"), ("round", "round", "d"), ("config", "config", "s"),
+                 ("ms_per_step", "ms/step", ".1f"), ("load", "load", ".2f")])
+    print_table("Step over the baseline's, same round", ratios(records),
+                [("long", "long", "d"), ("round", "round", "d"), ("config", "config", "s"),
+                 ("ratio_to_baseline", "x baseline", ".3f")])
+    result = {"command": "python benchmarks/cli_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "what": "demo configs through the CLI: seconds of `lightning fit --config experiments/demo/<name>.yaml "
+                      "--trainer.limit_val_batches 0 --trainer.max_steps LONG --trainer.default_root_dir /tmp/...` "
+                      "minus the same with SHORT steps, WANDB_MODE=disabled; configs alternate (even rounds unisign, "
+                      "pooled, token; odd rounds reversed)",
+              "records": records, "ratios": ratios(records)}
+    write_results("cli_demo_steps", args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
