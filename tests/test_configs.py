@@ -23,7 +23,8 @@ def _id(path: Path) -> str:
     return str(path.relative_to(REPO / "experiments"))
 
 
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name != "strategies"], ids=_id)
+# strategies/ and loggers/ are overlays over an experiment (tests/test_loggers.py runs the latter)
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name not in ("strategies", "loggers")], ids=_id)
 def test_config_parses(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["lightning"])
