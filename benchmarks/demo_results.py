@@ -179,6 +179,17 @@ def wandb_runs(run_dir: Path) -> list[WandbRun]:
     return [read_wandb_run(path) for path in files]
 
 
+def joined(runs: list[WandbRun]) -> WandbRun:
+    """The latest run with the parts an earlier folder holds under the same id: a resumed fit keeps
+    its W&B id (checkpoints carry it) but writes a new offline folder."""
+    parts = [r for r in runs if r.run_id == runs[-1].run_id]
+    rss = [r.max_sampled_rss_mb for r in parts if r.max_sampled_rss_mb is not None]
+    times = [r.runtime_s for r in parts if r.runtime_s is not None]
+    return WandbRun(run_id=parts[0].run_id, start_utc=parts[0].start_utc, runtime_s=sum(times) if times else None,
+                    max_sampled_rss_mb=max(rss) if rss else None, history=[row for r in parts for row in r.history],
+                    environment=parts[0].environment)
+
+
 # ---- one demo's results from its run folder -------------------------------------------------------
 
 
@@ -222,7 +233,7 @@ def demo_results(demo: Demo, runs_dir: Path) -> dict | None:
     if not fits:
         return None
     result = {"demo": demo.name, "config": f"experiments/demo/{demo.config}", "fit_args": list(demo.fit_args),
-              "run_dir": str(run_dir), "fit": fit_results(fits[-1], *demo.monitor())}
+              "run_dir": str(run_dir), "fit": fit_results(joined(fits), *demo.monitor())}
     if demo.test_args is not None:
         tests = [r for r in runs if test_metrics(r)]
         result["test_args"] = list(demo.test_args)

@@ -462,3 +462,12 @@ def test_cli_steps_alternate_the_configs_and_subtract_the_short_fit(tmp_path, ca
     with pytest.raises(SystemExit):
         cli_steps.main(["--long", "20", "--short", "20", "--out", str(tmp_path)], run=fake_fit)
     assert "x baseline" in capsys.readouterr().out
+
+
+def test_demo_results_joins_a_resumed_fit_written_to_a_new_folder():
+    first = demo_results.WandbRun("a1", "05:00", 10.0, 500.0, [{"epoch": 0, "val/bleu4": 1.0}], {"host": "vm"})
+    other = demo_results.WandbRun("b2", "05:10", 5.0, 900.0, [{"epoch": 0, "val/bleu4": 9.0}])
+    resumed = demo_results.WandbRun("a1", "05:20", 7.0, 550.0, [{"epoch": 1, "val/bleu4": 2.0}])
+    run = demo_results.joined([first, other, resumed])
+    assert (run.run_id, run.start_utc, run.runtime_s, run.max_sampled_rss_mb) == ("a1", "05:00", 17.0, 550.0)
+    assert [row["val/bleu4"] for row in run.history] == [1.0, 2.0] and run.environment == {"host": "vm"}
