@@ -16,7 +16,8 @@ YAML, under ``--from-runs DIR`` by its last component): every validation's ``val
 the test scores from the offline W&B files (the latest fit run and the latest run holding
 ``test/`` scalars), the generators' back-translation report (``<run>/report/report.csv``), and
 from W&B's system records the run's command, git commit, host, CPU and memory, its duration and
-the largest RSS it sampled (every 15 s, main process only: below the ``wait4`` peak). A run folder that is absent is listed as missing.
+the largest RSS it sampled (every 15 s, main process only: below the ``wait4`` peak). A run
+folder that is absent is listed as missing.
 
 Prints a table, writes ``demo_results.json``.
 """
