@@ -202,7 +202,7 @@ class LearningRateLog(Callback):
     """Logs each optimizer's learning rates under readable keys (`learning_rate_keys`), at the steps
     where Lightning writes the other training metrics (every `log_every_n_steps`), as the rate the
     coming optimizer step uses. Lightning's `LearningRateMonitor` names them `lr-<Optimizer>/pg<i>`
-    and refuses two groups of one name."""
+    and stops on two groups of one name, as Geo-Sign's are: do not add it to a config."""
 
     def __init__(self) -> None:
         self._keys: list[str | None] = []
