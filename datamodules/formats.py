@@ -262,17 +262,21 @@ def read_unisign_labels(path: PathLike, bad: list[tuple[str, str]] | None = None
     key, or, when ``bad`` is a list, is left out and appended to it as ``(name, message)``.
     A file that is not a dict of samples always raises.
     """
-    data = load_pickle(path)
+    return unisign_labels(load_pickle(path), path, bad)
+
+
+def unisign_labels(data: Any, source: PathLike, bad: list[tuple[str, str]] | None = None) -> dict[str, dict]:
+    """``read_unisign_labels`` on a label dict already loaded from ``source`` (named in errors)."""
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict of samples, got {type(data).__name__}")
+        raise ValueError(f"{source}: expected a dict of samples, got {type(data).__name__}")
     labels = {}
     for key, entry in data.items():
         if not isinstance(key, (str, int)):
-            raise ValueError(f"{path}: sample key {_short(key)} is not a string")
+            raise ValueError(f"{source}: sample key {_short(key)} is not a string")
         try:
             labels[str(key)] = _label(entry, key)
         except ValueError as err:
-            message = f"{path}: sample {str(key)!r} {err}"
+            message = f"{source}: sample {str(key)!r} {err}"
             if bad is None:
                 raise ValueError(message) from None
             bad.append((str(key), message))

@@ -1,9 +1,10 @@
 """Translation data streamed from litdata chunks: datasets bigger than a node's disk, on many nodes.
 
 Convert once (any translation config; the packed cache is built first and its normalised clips are
-what the chunks hold, so nothing is normalised twice)::
+what the chunks hold, so nothing is normalised twice; ``lightning_modules/convert_stream.py`` resolves
+the config and calls ``convert``)::
 
-    python -m datamodules.streaming --config experiments/csl_news_pretrain.yaml --out /data/csl_news_stream
+    lightning convert_stream --config experiments/csl_news_pretrain.yaml --out /data/csl_news_stream
     aws s3 sync /data/csl_news_stream s3://bucket/csl_news          # optional: an object store
 
 then train with ``--data.init_args.stream_dir /data/csl_news_stream`` (or ``s3://bucket/csl_news``)
@@ -43,10 +44,7 @@ timeouts, 3 attempts) instead of a hang. A node that dies: see ``experiments/str
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -125,7 +123,7 @@ def read_meta(stream_dir: str, timeout: float = 60) -> dict:
         raise
     except FileNotFoundError:
         raise StreamError(f"{where} not found: stream_dir {stream_dir} holds no converted chunks (wrong path, or run "
-                          "python -m datamodules.streaming --config CONFIG --out DIR first)") from None
+                          "lightning convert_stream --config CONFIG --out DIR first)") from None
     except Exception as err:  # unreachable store, no credentials, timeout, not JSON
         raise StreamError(f"cannot read {where} ({type(err).__name__}: {err})") from err
     if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
@@ -379,7 +377,7 @@ class _Streaming:
 
 class StreamingTranslationDataModule(_Streaming, SignTranslationDataModule):
     """``SignTranslationDataModule`` that streams from litdata chunks when ``stream_dir`` is set
-    (a local folder or ``s3://bucket/prefix`` written by ``python -m datamodules.streaming``);
+    (a local folder or ``s3://bucket/prefix`` written by ``lightning convert_stream``);
     ``stream_timeout``: seconds before an unreachable store is an error; ``stream_cache_dir``:
     litdata's local chunk cache for remote chunks. The other arguments are the parent's and must
     be those the chunks were converted with (checked)."""
@@ -390,11 +388,12 @@ class StreamingTranslationDataModule(_Streaming, SignTranslationDataModule):
                  max_len: int = 256, max_target_len: int = 64,
                  batch_size: int = 8, num_workers: int = 0, on_bad_sample: str = "raise",
                  seed: int = 0, synthsign_kwargs: dict | None = None, packed: bool = True,
-                 stream_dir: str | None = None, stream_timeout: float = 60, stream_cache_dir: str | None = None):
+                 cache_dir: str | None = None, stream_dir: str | None = None, stream_timeout: float = 60,
+                 stream_cache_dir: str | None = None):
         super().__init__(dataset=dataset, data_dir=data_dir, label_dir=label_dir, pose_dir=pose_dir,
                          tokenizer=tokenizer, language=language, max_len=max_len, max_target_len=max_target_len,
                          batch_size=batch_size, num_workers=num_workers, on_bad_sample=on_bad_sample, seed=seed,
-                         synthsign_kwargs=synthsign_kwargs, packed=packed)
+                         synthsign_kwargs=synthsign_kwargs, packed=packed, cache_dir=cache_dir)
         self._init_stream(stream_dir, stream_timeout, stream_cache_dir)
 
 
@@ -419,28 +418,6 @@ class StreamingCSLNewsDataModule(_Streaming, CSLNewsDataModule):
 
 
 # ------------------------------------------------------------------ conversion
-
-
-def datamodule_from_config(configs: list[str]) -> SignTranslationDataModule:
-    """The config's translation DataModule, built without the model (``--print_config`` resolves
-    every interpolation; only ``data`` is instantiated), with ``stream_dir`` unset."""
-    import importlib
-
-    import yaml
-
-    from lightning_modules.cli import SignLabCLI
-
-    out = io.StringIO()
-    args = ["fit", *[a for c in configs for a in ("--config", c)], "--print_config"]
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        SignLabCLI(args=args)  # --print_config prints the resolved config and exits
-    data = yaml.safe_load(out.getvalue())["data"]
-    module, _, name = data["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    if not issubclass(cls, SignTranslationDataModule):
-        raise ValueError(f"{configs}: data is {data['class_path']}, not a translation DataModule")
-    kwargs = {k: v for k, v in (data.get("init_args") or {}).items() if not k.startswith("stream_")}
-    return cls(**kwargs)
 
 
 def convert(dm: SignTranslationDataModule, out: str | Path, num_workers: int = 2,
@@ -468,7 +445,7 @@ def convert(dm: SignTranslationDataModule, out: str | Path, num_workers: int = 2
         data = dm.datasets[split]
         if data.poses is None:
             raise StreamError(f"{dm.cache_dir}: no packed cache for {split} (the chunks hold its normalised "
-                              "clips): make the label folder writable or set packed: true")
+                              "clips): set packed: true, and cache_dir to a writable folder if the labels' is not")
         _optimize_in_blocks(_Item(data), len(data), out / split, num_workers, chunk_bytes, block_samples)
         meta["splits"][split] = len(data)
         tmp = meta_path.with_suffix(".tmp")
@@ -520,24 +497,3 @@ def _written_samples(split_dir: Path) -> int:
     except (OSError, ValueError):
         return 0
     return sum(chunk["chunk_size"] for chunk in index.get("chunks", []))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.streaming",
-                                     description="Convert a config's translation dataset into litdata chunks.")
-    parser.add_argument("--config", action="append", required=True, help="experiment YAML (repeatable, merged in order)")
-    parser.add_argument("--out", required=True, help="output folder (rerun to resume a killed conversion)")
-    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
-                        help="litdata.optimize worker processes")
-    parser.add_argument("--chunk-bytes", default=CHUNK_BYTES)
-    parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
-    parser.add_argument("--block-samples", type=int, default=BLOCK_SAMPLES,
-                        help="samples per optimize call: what a killed conversion redoes at most")
-    args = parser.parse_args(argv)
-    meta = convert(datamodule_from_config(args.config), args.out, args.workers, args.chunk_bytes, tuple(args.splits),
-                   args.block_samples)
-    print(json.dumps(meta["splits"]))
-
-
-if __name__ == "__main__":
-    main()

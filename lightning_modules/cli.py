@@ -10,6 +10,12 @@ Every run lives in `trainer.default_root_dir` (the YAMLs set `runs/<experiment>`
 overlay: `--config experiments/loggers/csv.yaml` (or `tensorboard.yaml`, the `tensorboard` extra).
 
 What differs from plain LightningCLI, and why:
+- Check before you spend: the files a config names (dataset, label files, weights) are checked
+  before any model, dataset or logger run is built (`preflight.py`), and a wrong value is one
+  line naming the key and what it accepts instead of the usage text or a traceback
+  (`config_errors.py`); both exit with code 2.
+- `lightning validate_data` and `lightning convert_stream` work on a config's dataset alone
+  (`validate_data.py`, `convert_stream.py`).
 - `--ckpt_path last` resolves to `<run>/checkpoints/last.ckpt` and fails with an error naming that
   folder when nothing is there; Lightning would warn and silently train from scratch.
   `--ckpt_path best` resolves to the run's best checkpoint by the monitored metric, as recorded in
@@ -43,6 +49,7 @@ What differs from plain LightningCLI, and why:
 from __future__ import annotations
 
 import fcntl
+import importlib
 import importlib.util
 import logging
 import os
@@ -62,6 +69,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning_modules.callbacks import (WANDB_ID_FILE, BadSampleReport, LearningRateLog, NonFiniteGuard,
                                          ResumeState)
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint, load_checkpoint_file
+from lightning_modules.config_errors import ConfigError, SignLabArgumentParser, debug_requested, short_parser_error
+from lightning_modules.preflight import check_config
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +78,11 @@ CHECKPOINT_DIRNAME = "checkpoints"
 LOCK_FILE = "fit.lock"  # in the run folder; holds the PID of the fit that has it locked
 STEP_CHECKPOINT_EVERY = 100  # optimizer steps between mid-epoch `last.ckpt` saves (a crash loses at most these)
 SIGNLAB_PACKAGES = ("lightning_modules", "datamodules", "generation", "translation", "geometry")
-DESCRIPTION = "signlab: sign language translation and production experiments (LightningCLI)"
+DESCRIPTION = ("signlab: sign language translation and production experiments (LightningCLI). Also: "
+               "`lightning validate_data --config CONFIG` reports the config's dataset; "
+               "`lightning convert_stream --config CONFIG --out DIR` writes it as litdata chunks.")
+# Commands on a config's dataset alone (no model, trainer or logger): module with `main(argv) -> exit code`
+DATA_COMMANDS = {"validate_data": "lightning_modules.validate_data", "convert_stream": "lightning_modules.convert_stream"}
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -221,6 +234,7 @@ class SignLabCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+            parser_class=SignLabArgumentParser,
             parser_kwargs={"parser_mode": "omegaconf+", "description": DESCRIPTION},
             args=args,
             run=run,
@@ -245,12 +259,23 @@ class SignLabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_config(config, self.subcommand)  # before any model, dataset or logger run is built
         run_dir = config.trainer.default_root_dir or os.getcwd()
         for section in (config.checkpoint, config.step_checkpoint):
             if section.dirpath is None:
                 section.dirpath = str(checkpoint_dir(run_dir))
         self._respect_wandb_mode(config)
         self._require_logger_packages(config)
+
+    def instantiate_classes(self) -> None:
+        """Lightning's; a value a class refuses (a ValueError from its `__init__`, which jsonargparse
+        wraps in its union report) becomes a ConfigError (`main` prints it without a traceback)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            if debug_requested():
+                raise
+            raise ConfigError(short_parser_error(str(err))) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -362,8 +387,19 @@ def show_signlab_logs() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    """`lightning ...`: a config problem (a missing file, a wrong value) is one message and exit code 2;
+    `JSONARGPARSE_DEBUG=true` shows the traceback instead."""
     show_signlab_logs()
-    SignLabCLI(args=args)
+    argv = sys.argv[1:] if args is None else args
+    try:
+        if argv and argv[0] in DATA_COMMANDS:
+            sys.exit(importlib.import_module(DATA_COMMANDS[argv[0]]).main(argv[1:]))
+        SignLabCLI(args=args)
+    except ConfigError as err:
+        if debug_requested():
+            raise
+        sys.stderr.write(f"lightning: {err}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Two "nodes" of one process each on localhost over gloo, launched as a cluster launcher would
 (MASTER_ADDR, MASTER_PORT, NODE_RANK, WORLD_SIZE, LOCAL_RANK per process), training the CSL-News
 demo config with experiments/strategies/multinode.yaml from litdata chunks written by
-`python -m datamodules.streaming`: every training sample is seen once per epoch across the nodes,
+`lightning convert_stream`: every training sample is seen once per epoch across the nodes,
 validation is scored on every dev sample gathered from both, and a SIGKILL of both nodes followed
 by `--ckpt_path last` continues the same sample order."""
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _records(cwd: Path, rank: int) -> list[dict]:
 def chunks(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("multinode")
     (cwd / "tiny.yaml").write_text(TINY)
-    convert = subprocess.run([sys.executable, "-m", "datamodules.streaming", "--config", DEMO, "--config", "tiny.yaml",
+    convert = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "convert_stream", "--config", DEMO, "--config", "tiny.yaml",
                               "--out", "chunks", "--workers", "1"], cwd=cwd, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert convert.returncode == 0, convert.stderr[-3000:]
