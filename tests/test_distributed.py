@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -79,8 +80,10 @@ def test_production_chain_trains_under_ddp_and_bf16(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "deepspeed_zero2.yaml"])
-def test_gpu_strategy_overrides_parse_onto_a_paper_config(capsys, name):
+def test_gpu_strategy_overrides_parse_onto_a_paper_config(capsys, monkeypatch, name):
     from lightning_modules.cli import SignLabCLI
+
+    monkeypatch.setattr(sys, "argv", ["lightning"])  # pytest's own arguments are not the CLI's
 
     with pytest.raises(SystemExit) as exit_:  # --print_config prints the merged config and exits
         SignLabCLI(args=["fit", "--config", str(REPO / "experiments" / "geosign_token.yaml"),
