@@ -1,6 +1,6 @@
 """DTW-MJE: dynamic-time-warping distance between produced and reference pose sequences.
 
-The sign-production literature uses one name for several formulas (research note §2):
+The sign-production literature uses one name for several formulas:
 
 * ``cost="l1"`` (the default): Progressive Transformers / G2P-DDM. Frame cost = L1 distance
   over all joint coordinates (PT's ``euclidean_norm`` lambda is in fact ``sum(|x - y|)``),
