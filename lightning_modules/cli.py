@@ -69,7 +69,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning_modules.callbacks import (WANDB_ID_FILE, BadSampleReport, LearningRateLog, NonFiniteGuard,
                                          ResumeState)
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint, load_checkpoint_file
-from lightning_modules.config_errors import ConfigError, SignLabArgumentParser, debug_requested, short_parser_error
+from lightning_modules.config_errors import ConfigError, SignLabArgumentParser, debug_requested, refused_value_message
 from lightning_modules.preflight import check_config
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class SignLabCLI(LightningCLI):
         except ValueError as err:
             if debug_requested():
                 raise
-            raise ConfigError(short_parser_error(str(err))) from err
+            raise ConfigError(refused_value_message(err)) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})

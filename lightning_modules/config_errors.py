@@ -98,6 +98,16 @@ def short_parser_error(message: str) -> str:
     return f"{where}: {detail}" if where else detail
 
 
+def refused_value_message(err: ValueError) -> str:
+    """`short_parser_error` of the report jsonargparse wraps a class's own ValueError in, with that
+    error's type when it is more specific (an `UnsafeCheckpointError` from loading a weights file)."""
+    root: BaseException = err
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    message = short_parser_error(str(err))
+    return message if type(root) is ValueError else f"{type(root).__name__}: {message}"
+
+
 class SignLabArgumentParser(LightningArgumentParser):
     """LightningArgumentParser whose errors are one short message (`short_parser_error`) and a
     pointer to `--help`, not the usage text; exit code 2 as before."""

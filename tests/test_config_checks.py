@@ -199,3 +199,15 @@ def test_the_console_script_prints_two_lines_and_exits_2(tmp_path):
     assert proc.returncode == 2
     assert "data.init_args.label_dir: 'missing' does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_weights_file_that_fails_to_load_is_named_with_its_error_type(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "vq.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    config = yaml.safe_load(Path(TINY).read_text())
+    config["model"] = {"class_path": "lightning_modules.posevq_diffusion.PoseVQDiffusion",
+                       "init_args": {"vqvae_ckpt": str(bad)}}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    lines = _main(["fit", "--config", str(path)], capsys, monkeypatch)
+    assert "CheckpointError: " in lines[-1] and str(bad) in lines[-1], lines
