@@ -25,7 +25,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from datamodules.batches import draw_epoch_seed
+from datamodules.batches import SKIP_EXAMPLES, draw_epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,13 @@ class NonFiniteGuard(Callback):
 # ------------------------------------------------------------------------------ skipped samples
 
 class BadSampleReport(Callback):
-    """Prints the skipped samples by reason when fit ends (each rank its own shard's).
+    """Prints the skipped samples by reason when fit ends (each rank its own shard's): the count and
+    the first few names per reason, and the file that lists them all (a partial CSL-Daily skips
+    ~19k samples, too many for a terminal).
 
-    Reads `datamodule.skipped` (reason -> names), which `on_bad_sample="skip"` DataModules fill, and
-    `datamodule.skipped_batches` (batches left out because every sample in them was bad).
+    Reads `datamodule.skipped` (reason -> names), which `on_bad_sample="skip"` DataModules fill,
+    `datamodule.skipped_batches` (batches left out because every sample in them was bad) and
+    `datamodule.skip_file` (every skipped sample with its message).
     """
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -173,7 +176,14 @@ class BadSampleReport(Callback):
             total = sum(len(v) for v in skipped.values())
             batches = getattr(trainer.datamodule, "skipped_batches", 0)
             left_out = f" ({batches} batches of only bad samples left out)" if batches else ""
-            lines = [f"  {reason}: {', '.join(sorted(names))}" for reason, names in sorted(skipped.items())]
+            lines = []
+            for reason, names in sorted(skipped.items()):
+                shown = sorted(names)[:SKIP_EXAMPLES]
+                more = f", ... ({len(names) - len(shown)} more)" if len(names) > len(shown) else ""
+                lines.append(f"  {reason} {len(names)}: {', '.join(shown)}{more}")
+            skip_file = getattr(trainer.datamodule, "skip_file", None)
+            if skip_file is not None:
+                lines.append(f"  all of them: {skip_file}")
             print(f"rank {trainer.global_rank}: skipped {total} bad samples{left_out}:\n" + "\n".join(lines),
                   flush=True)
 

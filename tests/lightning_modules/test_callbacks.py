@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules.callbacks import NonFiniteGuard, ResumeState, grads_finite, rng_state, set_rng_state
+from lightning_modules.callbacks import (BadSampleReport, NonFiniteGuard, ResumeState, grads_finite, rng_state,
+                                        set_rng_state)
 from lightning_modules.checkpoint_io import (AtomicCheckpointIO, CorruptCheckpointError, atomic_torch_save,
                                              load_checkpoint_file)
 from tests.cli_runs import REPO, TINY_GEOSIGN_MODEL, run_cli
@@ -203,7 +205,9 @@ def test_bad_samples_are_skipped_and_reported_or_stop_the_run(tmp_path):
     assert "skipped 4 bad samples" in skip.stdout, skip.stdout[-2000:]
     report = skip.stdout[skip.stdout.index("skipped 4 bad samples"):]
     assert all(name in report for name in bad)
-    assert "unsafe:" in report and "invalid:" in report  # the malicious pickle is told apart
+    assert "unsafe 1:" in report and "invalid 3:" in report  # the malicious pickle is told apart
+    listed = (tmp_path / "runs/skip/skipped_samples.tsv").read_text()
+    assert all(name in listed for name in bad)
     assert (tmp_path / "runs/skip/checkpoints/last.ckpt").is_file()
     assert not (tmp_path / "pwned").exists()
 
@@ -213,3 +217,16 @@ def test_bad_samples_are_skipped_and_reported_or_stop_the_run(tmp_path):
     assert any(name in stop.stderr for name in bad) and ".pkl" in stop.stderr, stop.stderr[-3000:]
     assert not (tmp_path / "runs/raise/checkpoints/last.ckpt").exists()  # no step was taken
     assert not (tmp_path / "pwned").exists()
+
+
+def test_bad_sample_report_is_short_for_many_skips_and_names_the_full_list(capsys, tmp_path):
+    names = [f"S{i:05d}" for i in range(19000)]
+    datamodule = SimpleNamespace(skipped={"missing": names, "invalid": ["B2", "B1"]}, skipped_batches=3,
+                                 skip_file=tmp_path / "skipped_samples.tsv")
+    BadSampleReport().on_fit_end(SimpleNamespace(datamodule=datamodule, global_rank=0), None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "rank 0: skipped 19002 bad samples (3 batches of only bad samples left out):"
+    assert out[1] == "  invalid 2: B1, B2"
+    assert out[2] == "  missing 19000: S00000, S00001, S00002, S00003, S00004, ... (18995 more)"
+    assert out[3] == f"  all of them: {tmp_path / 'skipped_samples.tsv'}"
+    assert len(out) == 4
