@@ -19,8 +19,8 @@ As in PT (``max_sent_length``), training sequences longer than ``max_frames`` ar
 checked, then dropped (it is i/T, recomputable from the mask).
 
 The gloss vocabulary comes from ``load_gloss_vocab(gloss_vocab)`` in ``__init__`` (the
-production models take the same spec) and is saved as ``gloss_vocab.json`` in the trainer's
-log directory at ``setup``. DDP: see ``SplitDataModule`` in ``datamodules/batches.py``.
+production models take the same spec) and is saved as ``gloss_vocab.json`` in the run folder
+(the trainer's ``default_root_dir``) at ``setup``. DDP: see ``SplitDataModule`` in ``datamodules/batches.py``.
 """
 from __future__ import annotations
 
@@ -92,10 +92,10 @@ class GlossToPoseDataModule(SplitDataModule):
         trainer = self.trainer
         if trainer is None:
             return
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
-        if trainer.is_global_zero and log_dir is not None:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            self.gloss_vocab.save(Path(log_dir) / "gloss_vocab.json")
+        if trainer.is_global_zero:  # the run folder, beside config.yaml, whichever logger writes where
+            run = Path(trainer.default_root_dir)
+            run.mkdir(parents=True, exist_ok=True)
+            self.gloss_vocab.save(run / "gloss_vocab.json")
 
     def _build(self, split: str) -> GlossPoseDataset:
         samples, skipped = read_pt_split(self.pt_dir, split, self.on_bad_sample)

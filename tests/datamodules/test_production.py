@@ -99,7 +99,7 @@ def test_an_empty_gloss_line_is_a_bad_sample_at_setup_not_in_training(pt):
     assert all(len(gloss) > 0 for b in dm.val_dataloader() for gloss in b["gloss"])
 
 
-def test_vocab_saved_to_trainer_log_dir(pt, tmp_path):
+def test_vocab_saved_to_the_run_folder(pt, tmp_path):
     import lightning as L
 
     dm = _dm(pt[0])
@@ -107,7 +107,7 @@ def test_vocab_saved_to_trainer_log_dir(pt, tmp_path):
                         enable_progress_bar=False, enable_model_summary=False)
     dm.trainer = trainer
     dm.setup("validate")
-    saved = Path(trainer.log_dir) / "gloss_vocab.json"
+    saved = tmp_path / "run" / "gloss_vocab.json"
     assert GlossVocab.load(saved) == dm.gloss_vocab
 
 
