@@ -25,7 +25,7 @@ from datamodules.tokenization import GlossVocab, load_gloss_vocab, load_tokenize
 from translation.ctc import ctc_beam_decode, ctc_greedy_decode
 from lightning_modules.media import log_table
 from lightning_modules.metrics import gloss_wer, translation_scores
-from lightning_modules.optim import warmup_cosine
+from lightning_modules.optim import adamw, warmup_cosine
 from translation.sign_transformer import SignTransformer
 
 CTC_BLANK = GlossVocab.PAD  # <pad> never occurs in a target, so it doubles as the CTC blank
@@ -176,7 +176,7 @@ class BackTranslator(LightningModule):
         decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "token_embed" not in n]
         decay_ids = {id(p) for p in decay}
         no_decay = [p for p in self.parameters() if id(p) not in decay_ids]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+        optimizer = adamw([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
         warmup, total = self.hparams.warmup_steps, self.trainer.estimated_stepping_batches
         if math.isfinite(total):

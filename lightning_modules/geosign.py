@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from torch import Tensor
-from torch.optim import Adam, AdamW
+from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules.keypoints import PART_NAMES
@@ -26,7 +26,7 @@ from .init_weights import load_initial_weights
 from translation.language_model import SignLanguageModel
 from .media import log_figure, log_table
 from .metrics import translation_scores
-from .optim import JointOptimizer, optimizer_steps_per_epoch, warmup_cosine
+from .optim import JointOptimizer, adamw, optimizer_steps_per_epoch, warmup_cosine
 from translation.stgcn import PoseEncoder
 
 # ISO 639-1 code of the target text -> the language named in mT5's prompt
@@ -285,9 +285,8 @@ class GeoSignTranslator(LightningModule):
         euclidean = [p for p in self.parameters() if id(p) not in hyp_ids and p.requires_grad]
         decay = [p for p in euclidean if p.dim() >= 2]
         no_decay = [p for p in euclidean if p.dim() < 2]  # biases, norms, part embedding
-        adamw = AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        optimizers = [adamw]
+        optimizers = [adamw([{"params": decay, "weight_decay": hp.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)]
         if hyp_ids:
             hyp = [(n, p) for n, p in self.named_parameters() if id(p) in hyp_ids and p.requires_grad]
             # Matrices get weight decay; biases (the grouped part projection's are 2-D), curvature,

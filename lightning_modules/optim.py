@@ -115,6 +115,12 @@ class JointOptimizer(Optimizer):
         return f"JointOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
+def adamw(param_groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """AdamW with foreach kernels: on CPU torch otherwise loops over the tensors one by one in Python
+    (demo Geo-Sign, 162 tensors: 5.9 ms a step looping, 4.6 ms foreach; same values to rounding)."""
+    return torch.optim.AdamW(param_groups, foreach=True, **kwargs)
+
+
 def optimizer_steps_per_epoch(trainer) -> int:
     """Optimizer steps in one training epoch (Lightning steps on a partial accumulation at the end
     of an epoch). Counted from the loader, not as total / max_epochs: a run that `max_steps`

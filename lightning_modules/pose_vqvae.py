@@ -17,7 +17,7 @@ from torch import Tensor
 
 from datamodules.keypoints import PT_NUM_JOINTS, PT_PART_NAMES, PT_PARTS
 from generation.pose_vqvae import VARIANTS, PoseVQVAEModel, part_errors
-from lightning_modules.optim import warmup_cosine
+from lightning_modules.optim import adamw, warmup_cosine
 
 
 class PoseVQVAE(LightningModule):
@@ -158,7 +158,7 @@ class PoseVQVAE(LightningModule):
         for name, p in self.named_parameters():
             is_matrix = p.dim() >= 2 and name.rsplit(".", 1)[-1] in ("weight", "w_ctx", "w_anc", "w_out")
             (decay if is_matrix else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr, betas=(0.9, 0.96))  # β1, β2 of §4.1

@@ -66,7 +66,7 @@ from generation.length import decode_length_candidates, length_candidates
 from generation.mask_predict import MaskPredict
 from generation.metrics import dtw_mje
 from lightning_modules.checkpoint_io import check_checkpoint, load_lightning_module
-from lightning_modules.optim import warmup_cosine
+from lightning_modules.optim import adamw, warmup_cosine
 from lightning_modules.pose_vqvae import PoseVQVAE
 from lightning_modules.production_caches import CACHE_FILE, TargetsCache
 from lightning_modules.production_settings import (
@@ -348,7 +348,7 @@ class PoseVQDiffusion(LightningModule):
             is_matrix = p.dim() >= 2 and not name.endswith("embed.weight")  # embedding tables are not decayed
             (decay if is_matrix else no_decay).append(p)
         optim = self.optim
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
             [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=optim.lr, betas=tuple(optim.betas))
         factor = warmup_cosine(optim.warmup_steps, self.trainer.estimated_stepping_batches, optim.min_lr_ratio)
