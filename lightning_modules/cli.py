@@ -373,6 +373,27 @@ class SignLabCLI(LightningCLI):
         self._resolve_ckpt_path()
         self._continue_wandb_run()
 
+    def _finish_wandb_run(self) -> None:
+        """End the W&B run before the command returns. Left to wandb's exit hook, its service
+        finishes the run after this process is gone, and the next command of the same run (a
+        resume, a test after the fit) can find the id still in use, or the offline `.wandb` file
+        not yet written."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None and rank_zero_only.rank == 0:
+                logger.experiment.finish()
+
+    def after_fit(self) -> None:
+        self._finish_wandb_run()
+
+    def after_validate(self) -> None:
+        self._finish_wandb_run()
+
+    def after_test(self) -> None:
+        self._finish_wandb_run()
+
+    def after_predict(self) -> None:
+        self._finish_wandb_run()
+
 
 def show_signlab_logs() -> None:
     """signlab's own INFO messages (what init_from loaded, caches built, samples skipped) on

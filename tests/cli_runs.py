@@ -75,6 +75,10 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     """Run the installed `lightning` console script in `cwd`, as a user would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true", **(env or {})}
     full_env.pop("WANDB_MODE", None) if env is None or "WANDB_MODE" not in env else None
+    # wandb exports its service's address to the process that started it (an in-process test's
+    # logger): a CLI inheriting it would share that service, which keeps a run's id in use and its
+    # offline file unwritten after the CLI exits; a user's shell starts its own
+    full_env.pop("WANDB_SERVICE", None)
     exe = Path(sys.executable).with_name("lightning")
     return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
