@@ -20,14 +20,14 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules.keypoints import PART_NAMES
 from datamodules.tokenization import load_tokenizer
-
 from translation.hyperbolic_branch import HyperbolicBranch, LossBlend
-from .init_weights import load_initial_weights
 from translation.language_model import SignLanguageModel
+from translation.stgcn import PoseEncoder
+
+from .init_weights import load_initial_weights
 from .media import log_figure, log_table
 from .metrics import translation_scores
 from .optim import JointOptimizer, adamw, optimizer_steps_per_epoch, warmup_cosine
-from translation.stgcn import PoseEncoder
 
 # ISO 639-1 code of the target text -> the language named in mT5's prompt
 PROMPT_LANGUAGES = {"zh": "Chinese", "de": "German", "en": "English"}
