@@ -22,10 +22,10 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from datamodules.tokenization import GlossVocab, load_gloss_vocab, load_tokenizer
-from translation.ctc import ctc_beam_decode, ctc_greedy_decode
 from lightning_modules.media import log_table
 from lightning_modules.metrics import gloss_wer, translation_scores
 from lightning_modules.optim import adamw, warmup_cosine
+from translation.ctc import ctc_beam_decode, ctc_greedy_decode
 from translation.sign_transformer import SignTransformer
 
 CTC_BLANK = GlossVocab.PAD  # <pad> never occurs in a target, so it doubles as the CTC blank
