@@ -50,7 +50,7 @@ are +-30 %; op times from torch.profiler at batch 8, 128 frames) and did not pay
   faults, sys time 0.1 vs 0.7 s a step at 128 frames): two paper-shape runs of this script gave
   0.94x (q1 0.87, q3 0.99) and 0.95x (0.82-1.06), so it was dropped.
 Nothing was kept: ``PoseEncoder`` still runs this reference's arithmetic, and the speed-up measured
-here is 1.0x up to the box's noise. The issue's 1.3x is not reached on this CPU.
+here is 1.0x up to the box's noise. The 1.3x goal is not reached on this CPU.
 """
 from __future__ import annotations
 

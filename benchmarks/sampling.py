@@ -1,5 +1,5 @@
 """Sign production sampling: sequences/s of PoseVQ-Diffusion (T = 100, 20 and 10 steps), PoseVQ-MP and
-PoseVQ-AR (KV cache) at 64, 128 and 256 frames, and their back-translation WER on SynthSign (issue 9.3).
+PoseVQ-AR (KV cache) at 64, 128 and 256 frames, and their back-translation WER on SynthSign.
 
     python benchmarks/sampling.py [--quick] [--compile] [--batch N]
         [--diffusion CKPT] [--mp CKPT] [--ar CKPT] [--back-translator CKPT]
@@ -310,7 +310,7 @@ def back_translation_rows(checkpoints: dict[str, tuple[Path, dict]], back_transl
 
 
 def goal(timing: list[dict], wer: list[dict]) -> dict:
-    """The issue's goal at the longest sequences, batch 1: fast diffusion >= 5x AR, WER no worse."""
+    """The goal at the longest sequences, batch 1: fast diffusion >= 5x AR, WER no worse."""
     longest = max(r["frames"] for r in timing)
     fastest = min(DIFFUSION_STEPS, key=lambda s: s or float("inf"))
     fast = [r for r in timing if r["method"] == "diffusion" and r["frames"] == longest and r["batch"] == 1
