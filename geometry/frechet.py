@@ -233,7 +233,7 @@ def frechet_mean(x: Tensor, w: Tensor, c: Tensor, dim: int, iters: int = FRECHET
     else:
         # The Newton steps carry no graph; one more plain step runs on their detached β*, so its
         # backward gives ∂F/∂θ, and _ImplicitGradient supplies (I − J)⁻¹ with the last Newton
-        # step's J: the derivative of the converged mean. Same forward values as without a graph.
+        # step's J: the derivative of the converged mean, whose value the extra step leaves alone.
         with torch.no_grad():
             fixed = [t.detach() for t in steps]
             fixed[0], jac = _newton_steps(*fixed, iters)
