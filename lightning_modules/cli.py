@@ -374,10 +374,10 @@ class SignLabCLI(LightningCLI):
         self._continue_wandb_run()
 
     def _finish_wandb_run(self) -> None:
-        """End the W&B run before the command returns. Left to wandb's exit hook, its service
-        finishes the run after this process is gone, and the next command of the same run (a
-        resume, a test after the fit) can find the id still in use, or the offline `.wandb` file
-        not yet written."""
+        """End the W&B run before the command returns. A wandb service this process shares with its
+        parent (one that logs to W&B itself and exported `WANDB_SERVICE`) outlives the command and,
+        without a finish, keeps the run open: the next command of the same run (a resume, a test
+        after the fit) finds its id in use, and the offline `.wandb` file stays unwritten."""
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None and rank_zero_only.rank == 0:
                 logger.experiment.finish()
