@@ -39,12 +39,19 @@ def _type_name(expected: str) -> str:
     return f"one of {literal.group(1)}" if literal else expected
 
 
-def class_options(class_path: str) -> list[str]:
-    """The `__init__` parameters of `class_path` (empty when it does not import)."""
+def import_class(class_path: str) -> type | None:
+    """The class a config's `class_path` names, or None when it does not import (the parser says why)."""
     module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def class_options(class_path: str) -> list[str]:
+    """The `__init__` parameters of `class_path` (empty when it does not import)."""
+    cls = import_class(class_path)
+    if cls is None:
         return []
     parameters = inspect.signature(cls.__init__).parameters.values()
     return [p.name for p in parameters if p.name != "self"

@@ -8,13 +8,12 @@ command to report.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
 
 from lightning_modules.cli import SignLabCLI
-from lightning_modules.config_errors import ConfigError
+from lightning_modules.config_errors import ConfigError, import_class
 
 
 class _ParseOnly(SignLabCLI):
@@ -43,8 +42,9 @@ def resolve_data_config(args: list[str]) -> tuple[type[LightningDataModule], dic
     data = config.get("data")
     if data is None:
         raise ConfigError(f"{' '.join(args)}: the config has no data section")
-    module, _, name = data.class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
+    cls = import_class(data.class_path)
+    if cls is None:
+        raise ConfigError(f"{' '.join(args)}: data.class_path {data.class_path!r} does not import")
     init_args = data.get("init_args")
     return cls, init_args.as_dict() if init_args is not None else {}
 

@@ -19,7 +19,6 @@ What is checked, wherever the key appears under `model.init_args` or `data.init_
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,7 +32,7 @@ from datamodules.hub import SCHEME, is_hub_id, parse_hub_reference
 from datamodules.production import GlossToPoseDataModule
 from datamodules.streaming import META
 from datamodules.translation import SignTranslationDataModule, label_path
-from lightning_modules.config_errors import ConfigError
+from lightning_modules.config_errors import ConfigError, import_class
 
 CHECKPOINT_KEYS = ("vqvae_ckpt", "back_translator_ckpt")
 RESUME_PATHS = ("last", "best", "last_good")  # --ckpt_path names the CLI resolves in the run folder
@@ -111,14 +110,6 @@ def _folder(key: str, path: str) -> Iterator[str]:
         yield f"{key}: {path!r} {problem}"
 
 
-def _import(class_path: str) -> type | None:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None  # the parser has already said why
-
-
 def _model_problems(model: Any, resuming: bool) -> Iterator[str]:
     args = _get(model, "init_args")
     prefix = "model.init_args."
@@ -137,7 +128,7 @@ def _model_problems(model: Any, resuming: bool) -> Iterator[str]:
 
 def _data_problems(data: Any, stage: str | None) -> Iterator[str]:
     args = _get(data, "init_args")
-    cls = _import(_get(data, "class_path") or "")
+    cls = import_class(_get(data, "class_path") or "")
     prefix = "data.init_args."
     if spec := _get(args, "tokenizer"):
         yield from _tokenizer(prefix + "tokenizer", spec)
