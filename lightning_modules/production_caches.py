@@ -8,13 +8,11 @@ written atomically with a checksum and read with ``weights_only=True``
 
 - ``TargetsCache``: PoseVQDiffusion's training targets, filled the first time a sample's name is
   seen and persisted to ``<run>/cache/posevq_targets.pt`` (``CACHE_FILE``).
-- ``cached_gloss_lengths``: the sequential-KNN labels of a whole dataset in one call.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -123,29 +121,3 @@ class TargetsCache:
             codes[i, : len(seq_codes)] = seq_codes.to(device)
             gloss_lengths[i, : len(lengths)] = lengths.to(device)
         return codes, gloss_lengths
-
-
-def cached_gloss_lengths(
-    items: Iterable[tuple[str, Tensor, int]],
-    cache_path: str | Path,
-    fingerprint: str = "",
-    k: int = 16,
-    l: int = 16,
-) -> dict[str, Tensor]:
-    """Sequential-KNN labels for a dataset, computed once and cached in ``cache_path``.
-
-    items: (sample name, latents (T, D), number of glosses). Latents are only materialised for
-    names missing from the cache (pass a generator to avoid encoding cached samples). The
-    cache is reused only if its k, l and ``fingerprint`` (e.g. ``weights_fingerprint`` of the
-    VQ-VAE) match; otherwise it is rebuilt.
-    """
-    cache = KeyedCache(cache_path, {"k": k, "l": l, "fingerprint": fingerprint}, "lengths", "gloss-length cache")
-    lengths = cache.load()
-    changed = not cache.path.exists()
-    for name, latents, num_glosses in items:
-        if name not in lengths:
-            lengths[name] = sequential_knn_lengths(latents, num_glosses, k, l)
-            changed = True
-    if changed:
-        cache.save(lengths)
-    return lengths

@@ -28,7 +28,7 @@ def _no_opt_in(monkeypatch):
 
 def test_every_library_load_site_refuses_code_and_names_the_file(tmp_path):
     from benchmarks.sampling import CHECKPOINT_FLAGS, load_checkpoints
-    from lightning_modules.production_caches import cached_gloss_lengths
+    from lightning_modules.production_caches import TargetsCache
     from lightning_modules.posevq_diffusion import load_frozen_vqvae
     from tests.cli_fixtures.tiny import TinyRegressor
 
@@ -42,7 +42,7 @@ def test_every_library_load_site_refuses_code_and_names_the_file(tmp_path):
         "load_from_checkpoint": lambda: load_lightning_module(TinyRegressor, path),
         "Lightning CheckpointIO": lambda: AtomicCheckpointIO().load_checkpoint(path),
         "vqvae_ckpt": lambda: load_frozen_vqvae(str(path)),
-        "KNN length cache": lambda: cached_gloss_lengths([], path),
+        "targets cache": lambda: TargetsCache(2, 2).load(path, torch.nn.Linear(1, 1)),
         "benchmarks/sampling.py": lambda: load_checkpoints(argparse.Namespace(
             **{flag: path if method == "diffusion" else None for method, flag in CHECKPOINT_FLAGS.items()})),
     }

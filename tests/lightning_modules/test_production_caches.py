@@ -6,14 +6,7 @@ import torch
 from torch import nn
 
 from generation.length import sequential_knn_lengths
-from lightning_modules.production_caches import TargetsCache, cached_gloss_lengths, weights_fingerprint
-
-
-def segments(lengths: list[int], seed: int = 0, dim: int = 8) -> torch.Tensor:
-    """Latents (T, dim) of contiguous glosses: a random centre per gloss plus small noise."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(len(lengths), dim, generator=g)
-    return torch.cat([c + 0.05 * torch.randn(n, dim, generator=g) for c, n in zip(centres, lengths)])
+from lightning_modules.production_caches import TargetsCache, weights_fingerprint
 
 
 class CountingTokenizer(nn.Module):
@@ -114,22 +107,3 @@ def test_entries_that_no_longer_fit_the_batch_and_foreign_files_are_named_errors
     torch.save({"x": 1}, foreign)
     with pytest.raises(ValueError, match="foreign.pt is not a PoseVQ-Diffusion targets cache"):
         TargetsCache(2, 2).load(foreign, CountingTokenizer())
-
-
-def test_gloss_lengths_of_a_dataset_are_written_once_and_reused(tmp_path):
-    path = tmp_path / "lengths" / "train.pt"
-    items = [("a", segments([8, 8]), 2), ("b", segments([5, 9, 7], seed=1), 3)]
-    first = cached_gloss_lengths(items, path, fingerprint="vq-1")
-    assert path.exists() and first["a"].tolist() == [8, 8] and first["b"].tolist() == [5, 9, 7]
-
-    def poisoned():  # cached names must not be recomputed
-        yield "a", torch.full((16, 8), float("nan")), 2
-
-    assert cached_gloss_lengths(poisoned(), path, fingerprint="vq-1")["a"].tolist() == [8, 8]
-    # another fingerprint rebuilds
-    rebuilt = cached_gloss_lengths([("a", segments([4, 12]), 2)], path, fingerprint="vq-2")
-    assert set(rebuilt) == {"a"} and rebuilt["a"].tolist() == [4, 12]
-    bad = tmp_path / "bad.pt"
-    torch.save({"x": 1}, bad)
-    with pytest.raises(ValueError, match="bad.pt"):
-        cached_gloss_lengths([], bad)
