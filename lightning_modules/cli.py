@@ -382,17 +382,7 @@ class SignLabCLI(LightningCLI):
             if isinstance(logger, WandbLogger) and logger._experiment is not None and rank_zero_only.rank == 0:
                 logger.experiment.finish()
 
-    def after_fit(self) -> None:
-        self._finish_wandb_run()
-
-    def after_validate(self) -> None:
-        self._finish_wandb_run()
-
-    def after_test(self) -> None:
-        self._finish_wandb_run()
-
-    def after_predict(self) -> None:
-        self._finish_wandb_run()
+    after_fit = after_validate = after_test = after_predict = _finish_wandb_run
 
 
 def show_signlab_logs() -> None:
