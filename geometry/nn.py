@@ -185,7 +185,9 @@ class HyperbolicContrastiveLoss(nn.Module):
             if targets.shape[-2] == 1:  # no negatives: a zero that keeps every input in the graph
                 return (pos.sum() + tau + margin) * 0.0, logs
             labels = (torch.arange(x.shape[-2], device=x.device) + offset).expand(pos.shape)  # (..., B)
-            d = pairwise_dist(x, targets, c)  # (..., B, M)
+            # Gram form only: the positives, the one place near-duplicate pairs are the aim, come
+            # exact from `dist`; a negative's Gram rounding is ~1e-3 in d at worst, far below a logit
+            d = pairwise_dist(x, targets, c, refine=0)  # (..., B, M)
             d = d.scatter(-1, labels.unsqueeze(-1), pos.unsqueeze(-1))
             negative = torch.ones_like(d).scatter(-1, labels.unsqueeze(-1), 0.0)
             logits = -d / tau.to(d.dtype) + margin.to(d.dtype) * negative

@@ -41,16 +41,23 @@ def full_precision(fn: F) -> F:
     pass through untouched.
     """
     names = list(inspect.signature(fn).parameters)
+    c_index = names.index("c") if "c" in names else None
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        bound = dict(zip(names, args), **kwargs)
-        tensors = [v for v in bound.values() if isinstance(v, Tensor) and v.is_floating_point()]
-        if not tensors:
+        floats = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.is_floating_point()]
+        if not floats:
             raise TypeError(f"geometry.{fn.__name__}: expected at least one floating-point tensor")
-        dtype, device = compute_dtype(*tensors), tensors[0].device
-        if "c" in bound and not isinstance(bound["c"], Tensor):
-            bound["c"] = torch.as_tensor(bound["c"], dtype=dtype, device=device)
+        dtype, device = compute_dtype(*floats), floats[0].device
+        c = kwargs.get("c") if c_index is None or c_index >= len(args) else args[c_index]
+        if (c is None or isinstance(c, Tensor)) and all(t.dtype == dtype for t in floats) \
+                and not torch.is_autocast_enabled(device.type):
+            # already in the compute dtype with autocast off (every nested call, and the branch in
+            # float32 training): the checks above are the whole cost, ~1.5 µs instead of ~7
+            return fn(*args, **kwargs)
+        bound = dict(zip(names, args), **kwargs)
+        if c is not None and not isinstance(c, Tensor):
+            bound["c"] = torch.as_tensor(c, dtype=dtype, device=device)
         cast = {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in bound.items()}
         with torch.autocast(device_type=device.type, enabled=False):
             return fn(**cast)
@@ -84,6 +91,12 @@ def _sqnorm(x: Tensor) -> Tensor:
     return (x * x).sum(-1, keepdim=True)  # (..., 1)
 
 
+def _norm(x: Tensor) -> Tensor:
+    """‖x‖ (..., 1) in one op; torch's backward masks 0/0 to 0 at the origin, `_safe_sqrt`'s
+    subgradient, at a fifth of the ops of `_safe_sqrt(_sqnorm(x))`."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
 def _gap(x2: Tensor, c: Tensor) -> Tensor:
     """1 − c‖x‖², floored so points on or past the boundary (e.g. bf16-rounded) stay finite."""
     return (1 - c * x2).clamp_min(_gap_floor(x2))
@@ -111,18 +124,18 @@ def _fit(norm: Tensor, max_norm: Tensor) -> Tensor:
 
 def _project(x: Tensor, c: Tensor) -> Tensor:
     max_norm = (1 - BALL_EPS) / c.sqrt()
-    norm = _safe_sqrt(_sqnorm(x))
+    norm = _norm(x)
     return x * _fit(norm, max_norm)
 
 
 def _expmap0(v: Tensor, c: Tensor) -> Tensor:
     sqrt_c = c.sqrt()
-    return _project(v * _tanhc(sqrt_c * _safe_sqrt(_sqnorm(v))), c)
+    return _project(v * _tanhc(sqrt_c * _norm(v)), c)
 
 
 def _logmap0(x: Tensor, c: Tensor) -> Tensor:
     sqrt_c = c.sqrt()
-    return x * _artanhc(sqrt_c * _safe_sqrt(_sqnorm(x)))
+    return x * _artanhc(sqrt_c * _norm(x))
 
 
 def _mobius_sub(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
@@ -154,7 +167,7 @@ def project(x: Tensor, c: Tensor) -> Tensor:
 @full_precision
 def clip_tangent(v: Tensor, c: Tensor, eps: float = CLIP_EPS) -> Tensor:
     """Supplement F.2 tangent clipping v / max(1, √c‖v‖ + ε_clip), applied before expmap0."""
-    scale = (c.sqrt() * _safe_sqrt(_sqnorm(v)) + eps).clamp_min(1.0)
+    scale = (c.sqrt() * _norm(v) + eps).clamp_min(1.0)
     return v / scale
 
 
@@ -171,7 +184,7 @@ def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
     ‖v‖, so only ‖v‖² and one final product touch the (..., D) values. `scale` broadcasts
     against v[..., :1]."""
     sqrt_c = c.sqrt()
-    norm = _safe_sqrt(_sqnorm(v))  # (..., 1)
+    norm = _norm(v)  # (..., 1)
     clip = scale / (sqrt_c * scale * norm + CLIP_EPS).clamp_min(1.0)  # s / max(1, √c‖s v‖ + ε)
     tangent_norm = clip * norm
     exp = _tanhc(sqrt_c * tangent_norm)  # exp_0 factor; the point's norm is exp · tangent_norm
@@ -226,10 +239,10 @@ def mobius_affine(M: Tensor, x: Tensor, b: Tensor, c: Tensor) -> Tensor:
     max_norm = (1 - BALL_EPS) / sqrt_c
     tiny = torch.finfo(x.dtype).tiny
     y = x @ M.transpose(0, 1)  # (..., D_out)
-    y2, yb, b2 = _sqnorm(y), (y @ b).unsqueeze(-1), (b * b).sum()
-    y_norm = _safe_sqrt(y2)
+    y_norm = _norm(y)
+    y2, yb, b2 = y_norm.square(), (y @ b).unsqueeze(-1), (b * b).sum()
     # M ⊗ x = s·y: log_0 factor artanhc(√c‖x‖), exp_0 factor tanhc(√c‖m‖), then projection
-    log_factor = _artanhc(sqrt_c * _safe_sqrt(_sqnorm(x)))  # (..., 1)
+    log_factor = _artanhc(sqrt_c * _norm(x))  # (..., 1)
     s = log_factor * _tanhc(sqrt_c * log_factor * y_norm)
     s = s * _fit(s * y_norm, max_norm)  # (..., 1), projection
     p2, pb = s * s * y2, s * yb
@@ -250,7 +263,7 @@ def dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
 @full_precision
 def dist0(x: Tensor, c: Tensor) -> Tensor:
     """Distance to the origin (2/√c) artanh(√c‖x‖), (...,)."""
-    u = (c.sqrt() * _safe_sqrt(_sqnorm(x))).clamp_max(1 - _gap_floor(x))
+    u = (c.sqrt() * _norm(x)).clamp_max(1 - _gap_floor(x))
     return (2 / c.sqrt() * torch.atanh(u)).squeeze(-1)
 
 

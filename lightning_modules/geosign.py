@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from torch import Tensor
-from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules.keypoints import PART_NAMES
@@ -27,7 +26,7 @@ from translation.stgcn import PoseEncoder
 from .init_weights import load_initial_weights
 from .media import log_figure, log_table
 from .metrics import translation_scores
-from .optim import JointOptimizer, adamw, optimizer_steps_per_epoch, warmup_cosine
+from .optim import JointOptimizer, adam, adamw, optimizer_steps_per_epoch, warmup_cosine
 
 # ISO 639-1 code of the target text -> the language named in mT5's prompt
 PROMPT_LANGUAGES = {"zh": "Chinese", "de": "German", "en": "English"}
@@ -58,7 +57,7 @@ class GeoSignTranslator(LightningModule):
             linear warm-up then cosine to `min_lr` (Table 3).
         hyp_lr: Adam on the hyperbolic-branch parameters (constant). Table 3 names Riemannian Adam:
             every branch parameter is Euclidean (tangent vectors, matrices, scales, logits), where
-            Riemannian Adam is Adam step for step, so torch's foreach Adam runs it (equal to
+            Riemannian Adam is Adam step for step, so torch's fused Adam runs it (equal to
             geoopt's to float rounding, `tests/lightning_modules/test_optim.py`), in one pass
             instead of geoopt's per-parameter Python loop.
         num_beams, max_new_tokens: beam search at inference.
@@ -143,23 +142,21 @@ class GeoSignTranslator(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         embeds, part_features = self._encode(batch)  # (B, T, d_model), {p: (B, T, C)}
         out = self.lm(embeds, batch["frame_mask"], batch["target_ids"], batch["target_mask"])
+        # The branch's diagnostics reach a logger only every log_every_n_steps (Lightning's own
+        # monitors gate on the same flag), and each costs ops and a self.log (~0.1–0.3 ms): they
+        # are computed and logged on those steps only; train/loss_ce and train/loss every step.
+        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
+        diagnostics = connector is None or connector.should_update_logs
         logs = {"train/loss_ce": out.loss}
         loss = out.loss
         if self.hyperbolic is not None:
             loss_hyp, hyp_logs = self.hyperbolic(part_features, batch["frame_mask"], out.decoder_hidden,
-                                                 batch["target_mask"])
+                                                 batch["target_mask"], diagnostics=diagnostics)
             alpha = self.blend(self.progress())
             loss = alpha * out.loss + (1 - alpha) * loss_hyp
-            logs["train/loss_hyp"] = loss_hyp
-            logs["hyp/alpha"] = alpha
-            logs.update({f"hyp/{k}": v for k, v in hyp_logs.items()})
+            if diagnostics:
+                logs |= {"train/loss_hyp": loss_hyp, "hyp/alpha": alpha} | {f"hyp/{k}": v for k, v in hyp_logs.items()}
         logs["train/loss"] = loss
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        if connector is not None and not connector.should_update_logs:
-            # The branch's diagnostics reach a logger only every log_every_n_steps (Lightning's own
-            # monitors gate on the same flag), and each self.log costs ~0.1–0.3 ms: log them on
-            # those steps only. The losses and α stay in callback_metrics every step.
-            logs = {k: v for k, v in logs.items() if k in ("train/loss_ce", "train/loss", "hyp/alpha")}
         self.log_dict({k: v.detach().float() for k, v in logs.items()}, batch_size=embeds.shape[0],
                       prog_bar=False)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=embeds.shape[0])
@@ -292,10 +289,10 @@ class GeoSignTranslator(LightningModule):
             # Matrices get weight decay; biases (the grouped part projection's are 2-D), curvature,
             # τ, margin, α and the log-scales never do.
             matrix = [p.dim() >= 2 and not n.endswith("bias") for n, p in hyp]
-            optimizers.append(Adam([{"params": [p for (_, p), m in zip(hyp, matrix) if m],
+            optimizers.append(adam([{"params": [p for (_, p), m in zip(hyp, matrix) if m],
                                      "weight_decay": hp.weight_decay, "name": "hyperbolic"},
                                     {"params": [p for (_, p), m in zip(hyp, matrix) if not m],
-                                     "weight_decay": 0.0, "name": "hyperbolic"}], lr=hp.hyp_lr, foreach=True))
+                                     "weight_decay": 0.0, "name": "hyperbolic"}], lr=hp.hyp_lr))
         optimizer = JointOptimizer(optimizers)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(hp.warmup_epochs * optimizer_steps_per_epoch(self.trainer))

@@ -23,9 +23,9 @@ MODES = ("pooled", "token")
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of (B, T, C) over the True positions of mask (B, T) -> (B, C)."""
+    """Mean of (..., T, C) over the True positions of mask (..., T) (broadcasting) -> (..., C)."""
     keep = mask[..., None].to(x.dtype)
-    return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # clamp: an all-padding row gives 0, not NaN
+    return (x * keep).sum(-2) / keep.sum(-2).clamp_min(1.0)  # clamp: an all-padding row gives 0, not NaN
 
 
 class HyperbolicBranch(nn.Module):
@@ -71,7 +71,8 @@ class HyperbolicBranch(nn.Module):
     def pool_parts(part_features: dict[str, Tensor], frame_mask: Tensor) -> Tensor:
         """Masked temporal mean of each part stream: (B, P, part_dim). The mean skips padded
         frames (the released code averages them in)."""
-        return torch.stack([masked_mean(part_features[p], frame_mask) for p in PART_NAMES], dim=1)
+        parts = torch.stack([part_features[p] for p in PART_NAMES], dim=1)  # (B, P, T, part_dim)
+        return masked_mean(parts, frame_mask[:, None])
 
     def project_parts(self, pooled: Tensor) -> Tensor:
         """h_p = HyperbolicProjection_p(pooled part p): (B, P, part_dim) -> (B, P, hyp_dim), all
@@ -83,12 +84,16 @@ class HyperbolicBranch(nn.Module):
         return self.project_parts(self.pool_parts(part_features, frame_mask))
 
     def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
-                target_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """part_features {p: (B, T, part_dim)}, decoder_hidden (B, L, text_dim) -> (L_hyp, logs)."""
+                target_mask: Tensor, diagnostics: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """part_features {p: (B, T, part_dim)}, decoder_hidden (B, L, text_dim) -> (L_hyp, logs).
+        `diagnostics=False` skips the per-part distances to the origin (the logs' `dist0_<part>`)
+        on the steps where no logger would receive them."""
         c = self.curvature()
         h_parts = self.part_embeddings(part_features, frame_mask)  # (B, P, D)
-        with torch.no_grad():  # logged diagnostics only: no graph to record
-            logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, dist0(h_parts, c).mean(0).unbind())}
+        logs = {}
+        if diagnostics:
+            with torch.no_grad():  # logged diagnostics only: no graph to record
+                logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, dist0(h_parts, c).mean(0).unbind())}
         if self.mode == "pooled":
             w = frechet_weights(h_parts, c, dim=1, temperature=self.frechet_temperature)  # (B, P)
             kwargs = {} if self.frechet_iters is None else {"iters": self.frechet_iters}

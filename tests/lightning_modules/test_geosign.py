@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
 import geometry
+from datamodules.keypoints import PART_NAMES
 from lightning_modules.poincare_disk import disk_coordinates
 from tests.geosign_models import random_batch, tiny_model
 from translation.hyperbolic_branch import LossBlend
@@ -51,9 +52,7 @@ class _Record(Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.progress.append(module.progress())  # what training_step sees
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.alpha.append(float(trainer.callback_metrics["hyp/alpha"]))
+        self.alpha.append(float(module.blend(self.progress[-1])))  # the α it blends with
 
 
 def test_alpha_progress_counts_optimizer_steps_under_accumulation(tmp_path):
@@ -143,6 +142,19 @@ def test_training_step_gradients_reach_both_branches(mode):
         assert model.encoder.streams["body"].parameters().__next__().grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("mode", ["pooled", "token"])
+def test_branch_without_diagnostics_gives_the_same_loss_and_no_dist0(mode):
+    model = tiny_model(mode)
+    batch = random_batch()
+    _, parts = model._encode(batch)
+    hidden = torch.randn(4, batch["target_ids"].shape[1], model.lm.d_model)
+    loss, logs = model.hyperbolic(parts, batch["frame_mask"], hidden, batch["target_mask"])
+    quiet_loss, quiet_logs = model.hyperbolic(parts, batch["frame_mask"], hidden, batch["target_mask"],
+                                              diagnostics=False)
+    assert quiet_loss.item() == loss.item()
+    assert {f"dist0_{p}" for p in PART_NAMES} <= set(logs) and not any(k.startswith("dist0") for k in quiet_logs)
+
+
 def test_masked_mean_ignores_padding_in_part_embeddings():
     model = tiny_model("pooled")
     batch = random_batch()
@@ -181,10 +193,10 @@ def test_branch_diagnostics_are_logged_on_the_loggers_steps_only(tmp_path, monke
                       enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
                       default_root_dir=tmp_path)
     trainer.fit(model, DataLoader([random_batch(seed=i) for i in range(6)], batch_size=None))
-    diagnostics = {"train/loss_hyp", "hyp/curvature", "hyp/tau", "hyp/pos_dist", "hyp/dist0_face"}
+    diagnostics = {"train/loss_hyp", "hyp/alpha", "hyp/curvature", "hyp/tau", "hyp/pos_dist", "hyp/dist0_face"}
     assert len(calls) == 6
     for step, keys in enumerate(calls):
-        assert {"train/loss", "train/loss_ce", "hyp/alpha"} <= keys, step  # every step (callback_metrics)
+        assert {"train/loss", "train/loss_ce"} <= keys, step  # every step (callback_metrics)
         assert (diagnostics <= keys) == (step % 3 == 2), (step, keys)  # only when the logger writes
     rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "hyp/curvature" in rows[0]  # header + steps 2 and 5, every column filled

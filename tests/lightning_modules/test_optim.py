@@ -8,6 +8,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_modules import optim
 from lightning_modules.optim import JointOptimizer, warmup_cosine
 
 
@@ -96,12 +97,12 @@ def _groups(params: list[torch.nn.Parameter]) -> list[dict]:
     return [{"params": params[:1], "weight_decay": 0.01}, {"params": params[1:], "weight_decay": 0.0}]
 
 
-def test_foreach_adam_is_riemannian_adam_on_euclidean_parameters_and_resumes_its_state():
-    """Geo-Sign's branch trains with torch's foreach Adam in place of geoopt's RiemannianAdam (Table 3):
+def test_fused_adam_is_riemannian_adam_on_euclidean_parameters_and_resumes_its_state():
+    """Geo-Sign's branch trains with torch's fused Adam (`optim.adam`) in place of geoopt's RiemannianAdam (Table 3):
     on Euclidean parameters the two take the same steps, and a RiemannianAdam state (an older
     checkpoint's) continues in Adam."""
     ours, theirs = _branch_like_parameters(0), _branch_like_parameters(0)
-    adam = torch.optim.Adam(_groups(ours), lr=1e-2, foreach=True)
+    adam = optim.adam(_groups(ours), lr=1e-2)
     radam = RiemannianAdam(_groups(theirs), lr=1e-2)
     g = torch.Generator().manual_seed(1)
 
@@ -117,7 +118,7 @@ def test_foreach_adam_is_riemannian_adam_on_euclidean_parameters_and_resumes_its
     assert moved > 0.1  # the steps did move the parameters
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
-    resumed = torch.optim.Adam(_groups(ours), lr=1e-2, foreach=True)
+    resumed = optim.adam(_groups(ours), lr=1e-2)
     resumed.load_state_dict(copy.deepcopy(radam.state_dict()))
     for _ in range(20):
         step_both(resumed, radam)
