@@ -186,11 +186,12 @@ class HyperbolicContrastiveLoss(nn.Module):
                 return (pos.sum() + tau + margin) * 0.0, logs
             labels = (torch.arange(x.shape[-2], device=x.device) + offset).expand(pos.shape)  # (..., B)
             # Gram form only: the positives, the one place near-duplicate pairs are the aim, come
-            # exact from `dist`; a negative's Gram rounding is ~1e-3 in d at worst, far below a logit
+            # exact from `dist`; a negative's Gram rounding is at most ~3e-3 in d (float32, F.2-clipped
+            # points), far below what moves a logit
             d = pairwise_dist(x, targets, c, refine=0)  # (..., B, M)
-            d = d.scatter(-1, labels.unsqueeze(-1), pos.unsqueeze(-1))
-            negative = torch.ones_like(d).scatter(-1, labels.unsqueeze(-1), 0.0)
-            logits = -d / tau.to(d.dtype) + margin.to(d.dtype) * negative
+            # +m on every negative logit is −m on the positive one: a row's softmax sees only differences
+            positive = (-pos / tau.to(d.dtype) - margin.to(d.dtype)).unsqueeze(-1)
+            logits = (-d / tau.to(d.dtype)).scatter(-1, labels.unsqueeze(-1), positive)  # (..., B, M)
             # equal B per group, so the mean over all rows is the mean of the per-group losses
             loss = F.cross_entropy(logits.reshape(-1, d.shape[-1]), labels.reshape(-1),
                                    label_smoothing=self.label_smoothing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -446,9 +447,10 @@ def test_cli_steps_alternate_the_configs_and_subtract_the_short_fit(tmp_path, ca
 
     calls = []
 
-    def fake_fit(config: str, steps: int) -> float:  # 10 s start-up, then 0.1 s a step (0.11 s with a branch)
-        calls.append((config, steps))
-        return 10.0 + steps * (0.1 if config == "unisign_pose" else 0.11)
+    def fake_fit(config: str, steps: int) -> tuple[float, list[float]]:
+        calls.append((config, steps))  # 10 s start-up, then 0.1 s a step (0.11 s with a branch), the
+        step = 0.1 if config == "unisign_pose" else 0.11  # first 20 steps twice as long (warm-up)
+        return 10.0 + steps * step, [2 * step] * 20 + [step] * (steps - 20)
 
     result = cli_steps.main(["--long", "120", "--short", "20", "--rounds", "2", "--out", str(tmp_path)], run=fake_fit)
     order = ["unisign_pose", "geosign_pooled", "geosign_token"]
@@ -456,12 +458,27 @@ def test_cli_steps_alternate_the_configs_and_subtract_the_short_fit(tmp_path, ca
     assert calls[:2] == [("unisign_pose", 120), ("unisign_pose", 20)]  # long, then short, per record
     steps = {(r["round"], r["config"]): r["ms_per_step"] for r in result["records"]}
     assert steps[0, "unisign_pose"] == pytest.approx(100.0) and steps[1, "geosign_token"] == pytest.approx(110.0)
-    assert {r["config"]: r["ratio_to_baseline"] for r in result["ratios"]} == pytest.approx(
-        {"geosign_pooled": 1.1, "geosign_token": 1.1})
+    medians = {(r["round"], r["config"]): r["median_step_ms"] for r in result["records"]}
+    assert medians[0, "unisign_pose"] == pytest.approx(100.0)  # the warm-up steps are left out
+    for ratio in result["ratios"]:
+        assert ratio["ratio_to_baseline"] == pytest.approx(1.1) and ratio["median_ratio_to_baseline"] == pytest.approx(1.1)
     assert json.loads((tmp_path / "cli_demo_steps.json").read_text())["records"] == result["records"]
     with pytest.raises(SystemExit):
         cli_steps.main(["--long", "20", "--short", "20", "--out", str(tmp_path)], run=fake_fit)
     assert "x baseline" in capsys.readouterr().out
+
+
+def test_step_times_callback_writes_one_wall_time_per_step(tmp_path):
+    from benchmarks.cli_steps import StepTimes
+
+    timer = StepTimes(str(tmp_path / "times.json"))
+    for _ in range(3):
+        timer.on_train_batch_start()
+        time.sleep(0.01)
+        timer.on_train_batch_end()
+    timer.on_train_end()
+    times = json.loads((tmp_path / "times.json").read_text())
+    assert len(times) == 3 and all(0.01 <= t < 0.5 for t in times)
 
 
 def test_demo_results_joins_a_resumed_fit_written_to_a_new_folder():

@@ -77,6 +77,25 @@ def test_mobius_affine_is_matvec_then_add(c):
         mobius_affine(M, x, b[:3], c)
 
 
+@pytest.mark.parametrize("c", [0.05, 1.5, 10.0])
+@pytest.mark.parametrize("m_scale", [0.1, 1.0, 30.0])  # 30: M ⊗ x lands on the projection radius
+def test_mobius_affine_gradients_are_those_of_matvec_then_add(c, m_scale):
+    """Its backward is written by hand: every input's gradient (the origin, points near the
+    boundary, both projections binding) equals autograd's through mobius_add(mobius_matvec)."""
+    g = torch.Generator().manual_seed(int(m_scale * 10) + int(c * 100))
+    x = ref.ball_points(24, 6, c, 0.99, seed=7).view(4, 6, 6)
+    x[0, 0] = 0
+    leaves = [(torch.randn(5, 6, dtype=torch.float64, generator=g) * m_scale).requires_grad_(), x.requires_grad_(),
+              ref.ball_points(1, 5, c, 0.95, seed=8)[0].requires_grad_(),
+              torch.tensor(c, dtype=torch.float64, requires_grad=True)]
+    cotangent = torch.randn(4, 6, 5, dtype=torch.float64, generator=g)
+    ours = torch.autograd.grad((mobius_affine(*leaves) * cotangent).sum(), leaves)
+    M, x, b, ct = leaves
+    theirs = torch.autograd.grad((mobius_add(mobius_matvec(M, x, ct), b, ct) * cotangent).sum(), leaves)
+    for name, a, t in zip(("M", "x", "b", "c"), ours, theirs):
+        torch.testing.assert_close(a, t, atol=1e-9, rtol=1e-7, msg=name)
+
+
 def test_small_arguments_are_accurate_where_geoopt_is_not():
     # geoopt's artanh as log(1+x) − log(1−x) loses everything below ~1e-7 (1 + 1e-8 rounds to 1)
     c = 1.0
