@@ -367,6 +367,95 @@ def dist0(x: Tensor, c: Tensor) -> Tensor:
     return (2 / c.sqrt() * torch.atanh(u)).squeeze(-1)
 
 
+def _row_offsets(batch: torch.Size, m: int, device: torch.device) -> Tensor:
+    """Offsets of each batch element's M rows in a flat (prod(batch)·M, D) table, shaped (..., 1, 1)."""
+    return (torch.arange(batch.numel(), device=device) * m).view(*batch, 1, 1)
+
+
+def _rows(y: Tensor, idx: Tensor) -> Tensor:
+    """y's rows idx (..., N, k) of (..., M, D) → (..., N, k, D), by indexing a flat table: no
+    N × M × D tensor either way."""
+    batch = idx.shape[:-2]
+    m, dim = y.shape[-2:]
+    return y.expand(*batch, m, dim).reshape(-1, dim)[idx + _row_offsets(batch, m, y.device)]
+
+
+def _gram_delta(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """δ of every pair by the Gram form ‖x‖² + ‖y‖² − 2⟨x, y⟩, (..., N, M); also that raw ‖x − y‖²
+    (which rounding can take below 0) and δ / ‖x − y‖² = c / ((1 − c‖x‖²)(1 − c‖y‖²))."""
+    x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)  # (..., N, 1), (..., 1, M)
+    d2_raw = x2 + y2 - 2 * x @ y.transpose(-1, -2)
+    scale = c / (_gap(x2, c) * _gap(y2, c))
+    return d2_raw.clamp_min(0) * scale, d2_raw, scale
+
+
+class _RefinedPairwiseDist(torch.autograd.Function):
+    """`pairwise_dist` with its `refine` nearest columns from direct differences, the backward
+    written out: autograd's graph of the top-k, gather, exact recomputation and scatter costs more
+    than the matmuls at Geo-Sign's sizes (the attention's B × P × L scores).
+
+    With G = ∂L/∂d · ∂d/∂δ, ∂d/∂δ = 1/(√c √(δ(1 + δ))) (0 at δ = 0, `_safe_sqrt`'s subgradient),
+    g = 1 − c‖x‖², h = 1 − c‖y‖², A = G c/(g h) and R_i = Σ_j G_ij δ_ij / g_i:
+      ∂L/∂x_i = 2 Σ_j A_ij (x_i − y_j) + 2c x_i R_i          (R's term only where g is not floored)
+      ∂L/∂c   = Σ −∂L/∂d · d/(2c) + Σ G δ/c + Σ_i R_i ‖x_i‖² + Σ_j R_j ‖y_j‖²
+    and ∂L/∂y_j alike. Σ_j A_ij (x_i − y_j) runs as x_i Σ_j A_ij − A y on the Gram entries and
+    from direct differences on the refined ones, where A ∝ 1/√δ is large and the matmul form
+    would cancel.
+
+    (x (..., N, D), y (..., M, D), c, refine ≥ 1) → d (..., N, M) and, not differentiable, δ,
+    the Gram entries' clamp mask and the refined columns (..., N, k).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, y: Tensor, c: Tensor, refine: int):
+        delta, d2_raw, scale = _gram_delta(x, y, c)
+        nearest = delta.topk(min(refine, y.shape[-2]), dim=-1, largest=False).indices  # (..., N, k)
+        diff = x.unsqueeze(-2) - _rows(y, nearest)  # (..., N, k, D): x_i − y_j, no cancellation
+        exact = _sqnorm(diff).squeeze(-1) * scale.expand(delta.shape).gather(-1, nearest)
+        delta = delta.scatter(-1, nearest, exact)
+        return _dist_from_delta(delta, c), delta, d2_raw > 0, nearest
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, y, c, _ = inputs
+        d, delta, gram_kept, nearest = output
+        ctx.mark_non_differentiable(delta, gram_kept, nearest)
+        ctx.save_for_backward(x, y, c, d, delta, gram_kept, nearest)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor, *_):
+        x, y, c, d, delta, gram_kept, nearest = ctx.saved_tensors
+        x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)
+        gx, gy = _gap(x2, c), _gap(y2, c)
+        pos = delta > 0
+        big_g = grad * torch.where(pos, torch.rsqrt(torch.where(pos, delta * (1 + delta), 1.0)) / c.sqrt(), 0.0)
+        a = big_g * c / (gx * gy)  # ∂L/∂‖x_i − y_j‖²
+        g_delta = big_g * delta
+        # R terms, zero where the gap was floored (the floor has no derivative)
+        rx = g_delta.sum(-1, keepdim=True) / gx * (1 - c * x2 > _gap_floor(x2))  # (..., N, 1)
+        ry = g_delta.sum(-2, keepdim=True) / gy * (1 - c * y2 > _gap_floor(y2))  # (..., 1, M)
+        near_a = a.gather(-1, nearest).unsqueeze(-1)  # (..., N, k, 1)
+        gram_a = (a * gram_kept).scatter(-1, nearest, 0.0)  # Gram entries only, past their clamp_min(0)
+        diff = x.unsqueeze(-2) - _rows(y, nearest)  # (..., N, k, D)
+        grad_x = grad_y = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = 2 * (x * (gram_a.sum(-1, keepdim=True) + c * rx) - gram_a @ y + (near_a * diff).sum(-2))
+            grad_x = grad_x.sum_to_size(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_y = 2 * (y * (gram_a.sum(-2, keepdim=True) + c * ry).transpose(-1, -2) - gram_a.transpose(-1, -2) @ x)
+            m, dim = y.shape[-2:]
+            flat = (nearest + _row_offsets(nearest.shape[:-2], m, nearest.device)).reshape(-1)
+            near = torch.zeros(grad_y.numel() // dim, dim, dtype=y.dtype, device=y.device)
+            near = near.index_add(0, flat, (-2 * near_a * diff).reshape(-1, dim))
+            grad_y = (grad_y + near.view(grad_y.shape)).sum_to_size(y.shape)
+        if ctx.needs_input_grad[2]:
+            grad_c = (g_delta / c - grad * d / (2 * c)).sum((-2, -1), keepdim=True) \
+                + (rx * x2).sum(-2, keepdim=True) + (ry * y2).sum(-1, keepdim=True)
+            grad_c = grad_c.sum_to_size(c.shape) if c.ndim else grad_c.sum()
+        return grad_x, grad_y, grad_c, None
+
+
 @full_precision
 def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1) -> Tensor:
     """All-pairs distances (..., N, D) × (..., M, D) → (..., N, M) without an N×M×D tensor.
@@ -375,22 +464,11 @@ def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1) -> Tensor:
     catastrophically for near-duplicate pairs (over 1% relative error in float32 on pairs about
     2e-4 apart, `tests/geometry/test_poincare.py`).
     So for each row the `refine` nearest columns are recomputed from direct differences
-    (a fixed-size gather: no data-dependent shapes). `c` must broadcast against (..., 1, 1).
+    (a fixed-size gather: no data-dependent shapes; the backward is written out,
+    `_RefinedPairwiseDist`). `c` must broadcast against (..., 1, 1).
     """
     if x.shape[-1] != y.shape[-1]:
         raise ValueError(f"pairwise_dist: feature dims differ, x {tuple(x.shape)} vs y {tuple(y.shape)}")
-    x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)  # (..., N, 1), (..., 1, M)
-    d2 = (x2 + y2 - 2 * x @ y.transpose(-1, -2)).clamp_min(0)  # (..., N, M)
-    delta = c * d2 / (_gap(x2, c) * _gap(y2, c))
-    k = min(refine, y.shape[-2])
-    if k > 0:
-        idx = delta.detach().topk(k, dim=-1, largest=False).indices  # (..., N, k)
-        batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-        n, m, dim = x.shape[-2], y.shape[-2], y.shape[-1]
-        flat_y = y.expand(*batch, m, dim).reshape(-1, m, dim)  # (B', M, D)
-        offset = torch.arange(flat_y.shape[0], device=y.device).view(-1, 1, 1) * m
-        # index rows of a flat (B'·M, D) table: its backward is an index_add, never N×M×D
-        near = flat_y.reshape(-1, dim)[idx.reshape(-1, n, k) + offset].reshape(*batch, n, k, dim)
-        exact = _delta(x.unsqueeze(-2), near, c.unsqueeze(-1)).squeeze(-1)  # (..., N, k)
-        delta = delta.scatter(-1, idx, exact)
-    return _dist_from_delta(delta, c)
+    if min(refine, y.shape[-2]) <= 0:
+        return _dist_from_delta(_gram_delta(x, y, c)[0], c)
+    return _RefinedPairwiseDist.apply(x, y, c, refine)[0]

@@ -216,6 +216,17 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(fn, args), fn.__name__
 
 
+def test_refined_pairwise_gradcheck_batched_broadcast_and_near_duplicates():
+    """pairwise_dist's hand-written backward: broadcast batch dims, one curvature per batch element,
+    two refined columns per row and near-duplicate pairs (the exact path's own gradient)."""
+    x = ref.ball_points(6, 4, 2.0, 0.8, seed=11).view(2, 3, 4)
+    y = torch.cat([x[:1, :2] + 1e-4, ref.ball_points(2, 4, 2.0, 0.8, seed=12).view(1, 2, 4)], dim=1)  # (1, 4, 4)
+    c = torch.tensor([[[0.7]], [[2.0]]], dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, y, c)]
+    assert torch.autograd.gradcheck(lambda a, b, k: pairwise_dist(a, b, k, refine=2), leaves)
+    assert torch.autograd.gradcheck(lambda a, b, k: pairwise_dist(a, b, k, refine=0), leaves)
+
+
 def test_gradient_at_origin_is_identity():
     # geoopt's logmap0 gradient at 0 is 0; the true Jacobian is the identity
     x = torch.zeros(4, requires_grad=True)
