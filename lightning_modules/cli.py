@@ -58,6 +58,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -401,6 +402,11 @@ def main(args: list[str] | None = None) -> None:
     """`lightning ...`: a config problem (a missing file, a wrong value) is one message and exit code 2;
     `JSONARGPARSE_DEBUG=true` shows the traceback instead."""
     show_signlab_logs()
+    if args is None:  # the `lightning` command, whose process is ours (in-process callers keep their float mode)
+        # Denormal floats (|x| < 1.2e-38) cost the CPU ~100x a normal one; mT5's attention softmax
+        # makes more of them as it sharpens, and a demo step grew 4% (baseline) to 8% (pooled) over
+        # 600 steps until they were flushed to zero (docs/performance.md). No GPU kernel is affected.
+        torch.set_flush_denormal(True)
     argv = sys.argv[1:] if args is None else args
     try:
         if argv and argv[0] in DATA_COMMANDS:

@@ -45,6 +45,15 @@ def test_fit_writes_run_folder_and_wandb_config(tmp_path):
     assert len(history["val/loss"]) == 2
 
 
+def test_the_lightning_command_flushes_denormal_floats(tmp_path):
+    # in-process, the same arithmetic keeps the denormal (pytest's own float mode is not touched)
+    assert (torch.tensor(1e-39) * 1.0).item() != 0.0
+    probe = tmp_path / "probe.txt"
+    _ok(run_cli(["fit", "--config", TINY, "--trainer.max_epochs", "1", "--trainer.callbacks+=tests.cli_fixtures.tiny.DenormalProbe",
+                 "--trainer.callbacks.path", str(probe)], cwd=tmp_path))
+    assert probe.read_text() == "0.0"
+
+
 @pytest.mark.slow
 def test_resume_last_continues_and_second_run_in_same_folder(tmp_path):
     _ok(run_cli(["fit", "--config", TINY], cwd=tmp_path))

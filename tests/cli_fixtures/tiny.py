@@ -5,8 +5,10 @@ are exercised (an optimiser with state, a scheduler, a monitored validation metr
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -51,3 +53,13 @@ class TinyData(LightningDataModule):
 
     def test_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size)
+
+
+class DenormalProbe(Callback):
+    """Writes what 1e-39 · 1 gives in float32 when training starts: 0.0 where denormals are flushed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(repr((torch.tensor(1e-39) * 1.0).item()))
