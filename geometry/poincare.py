@@ -370,26 +370,27 @@ def dist0(x: Tensor, c: Tensor) -> Tensor:
     return (2 / c.sqrt() * torch.atanh(u)).squeeze(-1)
 
 
-def _row_offsets(batch: torch.Size, m: int, device: torch.device) -> Tensor:
-    """Offsets of each batch element's M rows in a flat (prod(batch)·M, D) table, shaped (..., 1, 1)."""
-    return (torch.arange(batch.numel(), device=device) * m).view(*batch, 1, 1)
+def _flat_index(idx: Tensor, m: int) -> Tensor:
+    """Row indices idx (..., N, k) into each batch element's M rows, as indices into the flat
+    (prod(batch)·M, D) table of all of them."""
+    batch = idx.shape[:-2]
+    return idx + (torch.arange(batch.numel(), device=idx.device) * m).view(*batch, 1, 1)
 
 
 def _rows(y: Tensor, idx: Tensor) -> Tensor:
     """y's rows idx (..., N, k) of (..., M, D) → (..., N, k, D), by indexing a flat table: no
     N × M × D tensor either way."""
-    batch = idx.shape[:-2]
     m, dim = y.shape[-2:]
-    return y.expand(*batch, m, dim).reshape(-1, dim)[idx + _row_offsets(batch, m, y.device)]
+    return y.expand(*idx.shape[:-2], m, dim).reshape(-1, dim)[_flat_index(idx, m)]
 
 
-def _gram_delta(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """δ of every pair by the Gram form ‖x‖² + ‖y‖² − 2⟨x, y⟩, (..., N, M); also that raw
-    ‖x − y‖² (which rounding can take below 0) and δ / ‖x − y‖² = c / ((1 − c‖x‖²)(1 − c‖y‖²))."""
-    x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)  # (..., N, 1), (..., 1, M)
-    d2_raw = x2 + y2 - 2 * x @ y.transpose(-1, -2)
-    scale = c / (_gap(x2, c) * _gap(y2, c))
-    return d2_raw.clamp_min(0) * scale, d2_raw, scale
+def _gram_terms(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    """The Gram form of every pair's ‖x − y‖² = ‖x‖² + ‖y‖² − 2⟨x, y⟩ (..., N, M), raw (rounding can
+    take it below 0), with ‖x‖² (..., N, 1), ‖y‖² (..., 1, M), their gaps and δ / ‖x − y‖² =
+    c / ((1 − c‖x‖²)(1 − c‖y‖²)): (x2, y2, gap_x, gap_y, d2_raw, scale)."""
+    x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)
+    gx, gy = _gap(x2, c), _gap(y2, c)
+    return x2, y2, gx, gy, x2 + y2 - 2 * x @ y.transpose(-1, -2), c / (gx * gy)
 
 
 class _RefinedPairwiseDist(torch.autograd.Function):
@@ -405,42 +406,35 @@ class _RefinedPairwiseDist(torch.autograd.Function):
     from direct differences on the refined ones, where A ∝ 1/√δ is large and the matmul form
     would cancel.
 
-    (x (..., N, D), y (..., M, D), c, refine ≥ 1) → d (..., N, M) and, not differentiable, δ,
-    the Gram entries' clamp mask and the refined columns (..., N, k).
+    (x (..., N, D), y (..., M, D), c, refine ≥ 1) → d (..., N, M). The backward reuses the
+    forward's norms, gaps, δ and direct differences.
     """
 
     @staticmethod
-    def forward(x: Tensor, y: Tensor, c: Tensor, refine: int):
-        delta, d2_raw, scale = _gram_delta(x, y, c)
+    def forward(ctx, x: Tensor, y: Tensor, c: Tensor, refine: int) -> Tensor:
+        x2, y2, gx, gy, d2_raw, scale = _gram_terms(x, y, c)
+        scale = scale.expand(d2_raw.shape)  # (..., N, M), for the gather below
+        delta = d2_raw.clamp_min(0) * scale
         nearest = delta.topk(min(refine, y.shape[-2]), dim=-1, largest=False).indices  # (..., N, k)
         diff = x.unsqueeze(-2) - _rows(y, nearest)  # (..., N, k, D): x_i − y_j, no cancellation
-        exact = _sqnorm(diff).squeeze(-1) * scale.expand(delta.shape).gather(-1, nearest)
-        delta = delta.scatter(-1, nearest, exact)
-        return _dist_from_delta(delta, c), delta, d2_raw > 0, nearest
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, y, c, _ = inputs
-        d, delta, gram_kept, nearest = output
-        ctx.mark_non_differentiable(delta, gram_kept, nearest)
-        ctx.save_for_backward(x, y, c, d, delta, gram_kept, nearest)
+        delta = delta.scatter(-1, nearest, _sqnorm(diff).squeeze(-1) * scale.gather(-1, nearest))
+        d = _dist_from_delta(delta, c)
+        ctx.save_for_backward(x, y, c, x2, y2, gx, gy, scale, d, delta, d2_raw > 0, nearest, diff)
+        return d
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor, *_):
-        x, y, c, d, delta, gram_kept, nearest = ctx.saved_tensors
-        x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)
-        gx, gy = _gap(x2, c), _gap(y2, c)
+    def backward(ctx, grad: Tensor):
+        x, y, c, x2, y2, gx, gy, scale, d, delta, gram_kept, nearest, diff = ctx.saved_tensors
         pos = delta > 0
         big_g = grad * torch.where(pos, torch.rsqrt(torch.where(pos, delta * (1 + delta), 1.0)) / c.sqrt(), 0.0)
-        a = big_g * c / (gx * gy)  # ∂L/∂‖x_i − y_j‖²
+        a = big_g * scale  # ∂L/∂‖x_i − y_j‖²
         g_delta = big_g * delta
         # R terms, zero where the gap was floored (the floor has no derivative)
         rx = g_delta.sum(-1, keepdim=True) / gx * (1 - c * x2 > _gap_floor(x2))  # (..., N, 1)
         ry = g_delta.sum(-2, keepdim=True) / gy * (1 - c * y2 > _gap_floor(y2))  # (..., 1, M)
         near_a = a.gather(-1, nearest).unsqueeze(-1)  # (..., N, k, 1)
         gram_a = (a * gram_kept).scatter(-1, nearest, 0.0)  # Gram entries only, past their clamp_min(0)
-        diff = x.unsqueeze(-2) - _rows(y, nearest)  # (..., N, k, D)
         grad_x = grad_y = grad_c = None
         if ctx.needs_input_grad[0]:
             grad_x = 2 * (x * (gram_a.sum(-1, keepdim=True) + c * rx) - gram_a @ y + (near_a * diff).sum(-2))
@@ -448,9 +442,8 @@ class _RefinedPairwiseDist(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_y = 2 * (y * (gram_a.sum(-2, keepdim=True) + c * ry).transpose(-1, -2) - gram_a.transpose(-1, -2) @ x)
             m, dim = y.shape[-2:]
-            flat = (nearest + _row_offsets(nearest.shape[:-2], m, nearest.device)).reshape(-1)
             near = torch.zeros(grad_y.numel() // dim, dim, dtype=y.dtype, device=y.device)
-            near = near.index_add(0, flat, (-2 * near_a * diff).reshape(-1, dim))
+            near = near.index_add(0, _flat_index(nearest, m).reshape(-1), (-2 * near_a * diff).reshape(-1, dim))
             grad_y = (grad_y + near.view(grad_y.shape)).sum_to_size(y.shape)
         if ctx.needs_input_grad[2]:
             grad_c = (g_delta / c - grad * d / (2 * c)).sum((-2, -1), keepdim=True) \
@@ -473,5 +466,6 @@ def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1) -> Tensor:
     if x.shape[-1] != y.shape[-1]:
         raise ValueError(f"pairwise_dist: feature dims differ, x {tuple(x.shape)} vs y {tuple(y.shape)}")
     if min(refine, y.shape[-2]) <= 0:
-        return _dist_from_delta(_gram_delta(x, y, c)[0], c)
-    return _RefinedPairwiseDist.apply(x, y, c, refine)[0]
+        *_, d2_raw, scale = _gram_terms(x, y, c)
+        return _dist_from_delta(d2_raw.clamp_min(0) * scale, c)
+    return _RefinedPairwiseDist.apply(x, y, c, refine)
