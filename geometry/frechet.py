@@ -6,8 +6,11 @@ invariant to rescaling w).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .poincare import _gap, _gap_floor, _project, _safe_sqrt, _sqnorm, dist0, full_precision
 
@@ -97,8 +100,30 @@ def _asinhc_sq(delta: Tensor, derivative: bool = False) -> tuple[Tensor, Tensor 
     return a, torch.where(small, series_d, direct_d)
 
 
-def _lou_step(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
-              c: Tensor, jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
+class _LouTerms(NamedTuple):
+    """One Lou step's intermediates, which its Jacobian (`_lou_jacobian`) and its vector-Jacobian
+    product (`_lou_vjp`) reuse. Shapes: per point (..., N, 1), per problem (..., 1, 1) (per point
+    wherever c is)."""
+    new: Tensor  # β_new
+    g_beta: Tensor  # ⟨x_i, μ⟩ = (G β)_i
+    mu2: Tensor  # ‖μ‖²
+    xmu2_raw: Tensor  # ‖x_i − μ‖² in the Gram form, before its clamp at 0
+    gap_mu: Tensor  # 1 − c‖μ‖², floored
+    delta: Tensor  # δ_i = c‖x_i − μ‖² / ((1 − c‖x_i‖²)(1 − c‖μ‖²))
+    phi: Tensor  # φ(δ) = asinhc(√δ)/√(1 + δ)
+    d_phi: Tensor | None  # φ'(δ), when asked for
+    alpha: Tensor
+    big_a: Tensor  # A = Σ α_i (1 + c‖x_i‖²)
+    g_alpha: Tensor  # G α
+    b2: Tensor  # ‖b‖² = αᵀ G α
+    radicand: Tensor  # A² − 4c‖b‖²
+    root: Tensor
+    den_raw: Tensor  # A + √(A² − 4c‖b‖²)
+    den: Tensor
+
+
+def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
+               c: Tensor, derivative: bool = False) -> _LouTerms:
     """One closed-form ball update of Lou et al. (2020) for curvature −c, on coefficients β of
     μ = Σ β_i x_i (so everything is a function of the N × N Gram matrix).
 
@@ -108,51 +133,112 @@ def _lou_step(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap:
     ηα is invariant to rescaling α, so g's constant 4 is dropped. g is smooth in δ, so the Gram
     form's cancellation in ‖x_i − μ‖² (μ near some x_i) only perturbs α by O(eps); μ itself is
     formed from the points directly at the end. Shapes: β, x2, gap_x, w_over_gap and
-    lorentz_x = 1 + c‖x_i‖² (..., N, 1); the step-invariant ones are computed once by the caller.
+    lorentz_x = 1 + c‖x_i‖² (..., N, 1); the step-invariant ones are computed once (`_problem`).
 
-    With `jacobian`, also J = ∂β_new/∂β (..., N, N), in closed form (the same clamps as the
-    value: a clamped quantity has derivative 0), for the implicit gradient of `frechet_mean`.
+    Runs without autograd only (the Newton steps, `_ImplicitFrechet`'s forward), so its clamps
+    need no gradient-safe forms: its derivatives are written out, with a clamped quantity's
+    derivative 0 as autograd would give it.
     """
-    tiny = torch.finfo(beta.dtype).tiny
     g_beta = gram @ beta  # (..., N, 1): ⟨x_i, μ⟩
     mu2 = (beta * g_beta).sum(-2, keepdim=True)  # (..., 1, 1): ‖μ‖²
-    xmu2_raw = x2 - 2 * g_beta + mu2
-    xmu2 = xmu2_raw.clamp_min(0)  # ‖x_i − μ‖², rounding can dip below 0
+    xmu2_raw = x2 - 2 * g_beta + mu2  # rounding can dip below 0
     gap_mu = _gap(mu2, c)
-    delta = c * xmu2 / (gap_x * gap_mu)
-    a, a_d = _asinhc_sq(delta, jacobian)
+    delta = c * xmu2_raw.clamp_min(0) / (gap_x * gap_mu)
+    a, a_d = _asinhc_sq(delta, derivative)
     inv_sqrt = torch.rsqrt(1 + delta)
-    alpha = w_over_gap * a * inv_sqrt
+    phi = a * inv_sqrt
+    d_phi = None if a_d is None else (a_d - a / (2 * (1 + delta))) * inv_sqrt
+    alpha = w_over_gap * phi
     big_a = (alpha * lorentz_x).sum(-2, keepdim=True)
     g_alpha = gram @ alpha
     b2 = (alpha * g_alpha).sum(-2, keepdim=True)
     # A² > 4c‖b‖² strictly inside the ball (1 + c‖x‖² > 2√c‖x‖), but near the edge the difference
-    # cancels to rounding noise, possibly ≤ 0: _safe_sqrt gives 0 with gradient 0 there, where
-    # clamp_min(0).sqrt() has the backward 0 · ∞ = NaN
+    # cancels to rounding noise, possibly ≤ 0: the root is 0 there, and so is its derivative below
     radicand = big_a * big_a - 4 * c * b2
-    root = _safe_sqrt(radicand)
+    root = radicand.clamp_min(0).sqrt()
     den_raw = big_a + root
-    den = den_raw.clamp_min(tiny)  # 0 only when every weight is 0 (then α = 0 and β_new = 0)
-    new = 2 * alpha / den
-    if not jacobian:
-        return new, None
-    # forward-mode through the same chain; rows i (the output), columns j (∂/∂β_j)
-    d_mu2 = 2 * g_beta.transpose(-1, -2)  # (..., 1, N): ∂‖μ‖²/∂β_j = 2⟨x_j, μ⟩
-    d_xmu2 = (d_mu2 - 2 * gram) * (xmu2_raw > 0)  # (..., N, N)
-    d_gap_mu = torch.where(1 - c * mu2 > _gap_floor(mu2), -c, 0.0) * d_mu2  # (..., 1, N)
-    d_delta = (c / (gap_x * gap_mu)) * (d_xmu2 - xmu2 / gap_mu * d_gap_mu)
-    d_phi = a_d * inv_sqrt - a * inv_sqrt / (2 * (1 + delta))  # d/dδ of asinhc(√δ)/√(1 + δ)
-    d_alpha = (w_over_gap * d_phi) * d_delta  # (..., N, N)
+    den = den_raw.clamp_min(torch.finfo(beta.dtype).tiny)  # 0 only when every weight is 0 (then α = 0 and β_new = 0)
+    return _LouTerms(2 * alpha / den, g_beta, mu2, xmu2_raw, gap_mu, delta, phi, d_phi, alpha, big_a, g_alpha, b2,
+                     radicand, root, den_raw, den)
+
+
+def _lou_jacobian(t: _LouTerms, gram: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
+                  c: Tensor) -> Tensor:
+    """J = ∂β_new/∂β (..., N, N) of the step `t` (taken with derivative=True), forward mode through
+    the same chain; rows i (the output), columns j (∂/∂β_j)."""
+    d_mu2 = 2 * t.g_beta.transpose(-1, -2)  # (..., 1, N): ∂‖μ‖²/∂β_j = 2⟨x_j, μ⟩
+    d_xmu2 = (d_mu2 - 2 * gram) * (t.xmu2_raw > 0)  # (..., N, N)
+    d_gap_mu = torch.where(1 - c * t.mu2 > _gap_floor(t.mu2), -c, 0.0) * d_mu2  # (..., 1, N)
+    d_delta = c / (gap_x * t.gap_mu) * d_xmu2 - t.delta / t.gap_mu * d_gap_mu
+    d_alpha = (w_over_gap * t.d_phi) * d_delta  # (..., N, N)
     d_big_a = (lorentz_x * d_alpha).sum(-2, keepdim=True)  # (..., 1, N)
-    d_b2 = 2 * (g_alpha * d_alpha).sum(-2, keepdim=True)
-    d_root = torch.where(radicand > 0, (big_a * d_big_a - 2 * c * d_b2) / torch.where(radicand > 0, root, 1.0), 0.0)
-    d_den = (d_big_a + d_root) * (den_raw > tiny)
-    return new, 2 * d_alpha / den - new / den * d_den
+    d_b2 = 2 * (t.g_alpha * d_alpha).sum(-2, keepdim=True)
+    pos = t.radicand > 0
+    d_root = torch.where(pos, (t.big_a * d_big_a - 2 * c * d_b2) / torch.where(pos, t.root, 1.0), 0.0)
+    d_den = (d_big_a + d_root) * (t.den_raw > torch.finfo(t.den.dtype).tiny)
+    return 2 * d_alpha / t.den - t.new / t.den * d_den
+
+
+def _lou_vjp(t: _LouTerms, v: Tensor, beta: Tensor, x: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor,
+             w_over_gap: Tensor, lorentz_x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """v ↦ (∂β_new/∂x)ᵀ v, (∂β_new/∂w)ᵀ v, (∂β_new/∂c)ᵀ v for the step `t` (derivative=True) taken at
+    the fixed β: reverse mode through `_lou_terms` and the step-invariant terms of `_problem`.
+    Each reduction sums to the shape its forward broadcast from (`sum_to_size`), so per-problem
+    and per-point curvature layouts both come out right; ∂/∂w has w's (..., N, 1) shape."""
+    floor = _gap_floor(x2)
+
+    def to_c(term: Tensor) -> Tensor:  # each term of ∂/∂c summed on its own: they broadcast differently
+        return term.sum_to_size(c.shape) if c.ndim else term.sum()
+
+    # β_new = 2α/den, den = A + √(A² − 4c‖b‖²) (past its clamp)
+    g_alpha = 2 * v / t.den
+    g_den = (-v * t.new / t.den).sum_to_size(t.den.shape) * (t.den_raw > torch.finfo(t.den.dtype).tiny)
+    pos = t.radicand > 0
+    g_rad = torch.where(pos, g_den / (2 * torch.where(pos, t.root, 1.0)), 0.0)
+    g_big_a = (g_den + 2 * t.big_a * g_rad).sum_to_size(t.big_a.shape)
+    g_b2 = (-4 * c * g_rad).sum_to_size(t.b2.shape)
+    g_c = to_c(-4 * t.b2 * g_rad)
+    # ‖b‖² = αᵀGα, A = Σ α (1 + c‖x‖²), α = (w / gap_x) φ(δ)
+    g_alpha = g_alpha + 2 * g_b2 * t.g_alpha + g_big_a * lorentz_x
+    g_lorentz = g_big_a * t.alpha
+    g_w_over_gap = g_alpha * t.phi
+    g_delta = g_alpha * w_over_gap * t.d_phi
+    # δ = c‖x − μ‖² / (gap_x gap_μ)
+    k = g_delta * t.delta
+    g_xmu2 = g_delta * c / (gap_x * t.gap_mu) * (t.xmu2_raw > 0)
+    g_c = g_c + to_c(k / c)
+    g_gap_mu = (-k / t.gap_mu).sum_to_size(t.gap_mu.shape) * (1 - c * t.mu2 > _gap_floor(t.mu2))
+    g_c = g_c - to_c(t.mu2 * g_gap_mu)
+    # ‖x_i − μ‖² = ‖x_i‖² − 2(Gβ)_i + βᵀGβ, β fixed
+    g_mu2 = g_xmu2.sum_to_size(t.mu2.shape) - (c * g_gap_mu).sum_to_size(t.mu2.shape)
+    u = g_mu2 * beta - 2 * g_xmu2  # ∂/∂G = u βᵀ (+ ‖b‖²'s term)
+    # the step-invariant terms: w / gap_x, 1 + c‖x‖², gap_x = 1 − c‖x‖² (past its floor)
+    g_gap_x = -(k + g_w_over_gap * w_over_gap) / gap_x * (1 - c * x2 > floor)
+    g_x2 = g_xmu2 + c * (g_lorentz - g_gap_x)
+    g_c = g_c + to_c(x2 * (g_lorentz - g_gap_x))
+    # G = x xᵀ, x2 = ‖x‖²
+    g_gram = g_b2 * t.alpha * t.alpha.transpose(-1, -2) + u * beta.transpose(-1, -2)
+    g_x = (g_gram + g_gram.transpose(-1, -2)) @ x + 2 * g_x2 * x
+    return g_x, g_w_over_gap / gap_x, g_c
+
+
+def _problem(x: Tensor, w: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The gyro-midpoint's coefficients β (the start, see `_midpoint`: λ_i w_i / Σ w γ, then
+    Klein → ball) and the step-invariant terms (gram, x2, gap_x, w_over_gap, lorentz_x, c) of
+    x (..., N, D), w (..., N, 1)."""
+    x2 = _sqnorm(x)  # (..., N, 1)
+    gram = x @ x.transpose(-1, -2)  # (..., N, N)
+    gap = _gap(x2, c)
+    lorentz_x = 1 + c * x2
+    w_over_gap = w / gap
+    beta = 2 * w_over_gap / (w_over_gap * lorentz_x).sum(-2, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    m2 = (beta * (gram @ beta)).sum(-2, keepdim=True).clamp_min(0)
+    return beta / (1 + _safe_sqrt(1 - c * m2)), (gram, x2, gap, w_over_gap, lorentz_x, c)
 
 
 def _newton_steps(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
                   c: Tensor, steps: int) -> tuple[Tensor, Tensor | None]:
-    """`steps` graph-free Newton steps on β = F(β) (F = `_lou_step`): β ← β + (I − J)⁻¹ (F(β) − β),
+    """`steps` graph-free Newton steps on β = F(β) (F = the Lou step): β ← β + (I − J)⁻¹ (F(β) − β),
     with F's closed-form Jacobian J. Returns β and J at the last iterate (None for 0 steps), which
     the implicit gradient reuses. I − J has eigenvalues ≥ ~0.55 (F contracts), so the batched
     solve is well conditioned; where it still fails (singular, or non-finite within ~1e-6 of the
@@ -160,42 +246,52 @@ def _newton_steps(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_
     eye = torch.eye(beta.shape[-2], dtype=beta.dtype, device=beta.device)
     jac = None
     for _ in range(steps):
-        new, jac = _lou_step(beta, gram, x2, gap_x, w_over_gap, lorentz_x, c, jacobian=True)
-        delta, info = torch.linalg.solve_ex(eye - jac, new - beta)
+        t = _lou_terms(beta, gram, x2, gap_x, w_over_gap, lorentz_x, c, derivative=True)
+        jac = _lou_jacobian(t, gram, gap_x, w_over_gap, lorentz_x, c)
+        delta, info = torch.linalg.solve_ex(eye - jac, t.new - beta)
         ok = (info == 0).unsqueeze(-1).unsqueeze(-1) & delta.isfinite().all(-2, keepdim=True)
-        beta = torch.where(ok, beta + delta, new)
+        beta = torch.where(ok, beta + delta, t.new)
     return beta, jac
 
 
-class _ImplicitGradient(torch.autograd.Function):
-    """Identity on the converged β* = F(β*) whose backward maps g to (I − J)⁻ᵀ g, J = ∂F/∂β at β*:
-    placed after one last step F(β*, θ) taken with β* detached, the gradient reaching θ is the
-    implicit-function one, g (I − J)⁻¹ ∂F/∂θ. (I − J)⁻¹ is summed as the Neumann series
-    Σ_{k<2^K} Jᵏ by K squarings: matmuls only (no solve that could fail on a near-singular
-    matrix), the same series the unrolled steps' backward sums term by term. Where it has not
-    converged (‖J^(2^K)‖ ≥ NEUMANN_TOL, or anything non-finite: raw points within ~1e-6 of the
-    edge, where float32 cannot resolve the step's Jacobian) the problem keeps g itself, the
-    one-step gradient ∂F/∂θ, which is finite."""
+def _neumann_solve(jac: Tensor, g: Tensor, squarings: int) -> Tensor:
+    """(I − Jᵀ)⁻¹ g summed as the Neumann series Σ_{k<2^K} (Jᵀ)ᵏ g by K squarings: matmuls only
+    (no solve that could fail on a near-singular matrix), the same series the unrolled steps'
+    backward sums term by term. Where it has not converged (‖J^(2^K)‖ ≥ NEUMANN_TOL, or anything
+    non-finite: raw points within ~1e-6 of the edge, where float32 cannot resolve the step's
+    Jacobian) the problem keeps g itself, the one-step gradient, which is finite."""
+    n = jac.shape[-1]
+    power = jac.transpose(-1, -2).reshape(-1, n, n)  # one flat batch: bmm, no broadcasting matmul per product
+    flat = total = g.reshape(-1, n, 1)
+    for _ in range(squarings):  # (I + Jᵀ)(I + J²ᵀ)(I + J⁴ᵀ)… g
+        total = torch.baddbmm(total, power, total)
+        power = torch.bmm(power, power)
+    converged = (power.abs().amax((-2, -1), keepdim=True) < NEUMANN_TOL) & total.isfinite().all(-2, keepdim=True)
+    return torch.where(converged, total, flat).view(g.shape)
+
+
+class _ImplicitFrechet(torch.autograd.Function):
+    """The converged coefficients β* = F(β*; x, w, c) (`iters` Newton steps, then one plain step)
+    with the implicit-function gradient: g ↦ (∂F/∂θ)ᵀ (I − J)⁻ᵀ g, J = ∂F/∂β from the last Newton
+    step, (I − J)⁻ᵀ by `_neumann_solve` and (∂F/∂θ)ᵀ by `_lou_vjp`, both written out. Autograd
+    through one recorded step gave the same gradient with some 250 more dispatched ops at
+    Geo-Sign's shapes (B × 4 parts), where each op's fixed cost is the whole cost."""
 
     @staticmethod
-    def forward(beta: Tensor, jac: Tensor, squarings: int) -> Tensor:
-        return beta.clone()
+    def forward(ctx, x: Tensor, w: Tensor, c: Tensor, iters: int) -> Tensor:
+        beta, problem = _problem(x, w, c)
+        beta, jac = _newton_steps(beta, *problem, iters)
+        t = _lou_terms(beta, *problem, derivative=True)
+        ctx.save_for_backward(x, w, c, beta, jac, *problem[:-1], *t)
+        return t.new
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[1])
-        ctx.squarings = inputs[2]
-
-    @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
-        (power,) = ctx.saved_tensors
-        power = power.transpose(-1, -2)
-        total = grad
-        for _ in range(ctx.squarings):  # (I + Jᵀ)(I + J²ᵀ)(I + J⁴ᵀ)… g
-            total = total + power @ total
-            power = power @ power
-        converged = (power.abs().amax((-2, -1), keepdim=True) < NEUMANN_TOL) & total.isfinite().all(-2, keepdim=True)
-        return torch.where(converged, total, grad), None, None
+        x, w, c, beta, jac, gram, x2, gap_x, w_over_gap, lorentz_x, *terms = ctx.saved_tensors
+        v = _neumann_solve(jac, grad, NEUMANN_SQUARINGS)
+        g_x, g_w, g_c = _lou_vjp(_LouTerms(*terms), v, beta, x, gram, x2, gap_x, w_over_gap, lorentz_x, c)
+        return g_x, g_w.sum_to_size(w.shape), g_c, None
 
 
 @full_precision
@@ -206,8 +302,8 @@ def frechet_mean(x: Tensor, w: Tensor, c: Tensor, dim: int, iters: int = FRECHET
     Geodesics of the ball through the points stay in their linear span, so the steps run on N
     coefficients against the N × N Gram matrix: O(N²) per step instead of O(N·D). No convergence
     test on the host, batched over all other dims. The gradient is the implicit one of the
-    converged mean (see `_ImplicitGradient`): one step with a graph instead of backpropagating
-    through every step (which gave the same to ~1e-6, at many times the autograd work).
+    converged mean (`_ImplicitFrechet`), not a backward pass through every step (which gave the
+    same to ~1e-6, at many times the work).
     """
     d = _point_dim(x, dim, "frechet_mean")
     if iters < 0:
@@ -216,29 +312,12 @@ def frechet_mean(x: Tensor, w: Tensor, c: Tensor, dim: int, iters: int = FRECHET
         c = c.movedim(d, -2)
     w = torch.broadcast_to(w, x.shape[:-1]).movedim(d, -1).unsqueeze(-1)  # (..., N, 1)
     x = x.movedim(d, -2)  # (..., N, D)
-    x2 = _sqnorm(x)  # (..., N, 1)
-    gram = x @ x.transpose(-1, -2)  # (..., N, N)
-    # gyro-midpoint start (see _midpoint): coefficients λ_i w_i / Σ w γ, then Klein → ball
-    gap = _gap(x2, c)
-    lorentz_x = 1 + c * x2
-    beta = w * 2 / gap / (w * lorentz_x / gap).sum(-2, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    m2 = (beta * (gram @ beta)).sum(-2, keepdim=True).clamp_min(0)
-    beta = beta / (1 + _safe_sqrt(1 - c * m2))
-    w_over_gap = w / gap
-    steps = (beta, gram, x2, gap, w_over_gap, lorentz_x, c)
-    if iters == 0:
-        pass
-    elif not (torch.is_grad_enabled() and any(t.requires_grad for t in steps)):
-        beta, _ = _newton_steps(*steps, iters)  # static count: unrolled by torch.compile
-    else:
-        # The Newton steps carry no graph; one more plain step runs on their detached β*, so its
-        # backward gives ∂F/∂θ, and _ImplicitGradient supplies (I − J)⁻¹ with the last Newton
-        # step's J: the derivative of the converged mean, whose value the extra step leaves alone.
-        with torch.no_grad():
-            fixed = [t.detach() for t in steps]
-            fixed[0], jac = _newton_steps(*fixed, iters)
-        beta, _ = _lou_step(fixed[0], gram, x2, gap, w_over_gap, lorentz_x, c)
-        beta = _ImplicitGradient.apply(beta, jac, NEUMANN_SQUARINGS)
+    if iters > 0 and torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, c)):
+        beta = _ImplicitFrechet.apply(x, w, c, iters)
+    else:  # no graph to record (0 steps: the gyro-midpoint, differentiable as written)
+        beta, problem = _problem(x, w, c)
+        if iters:
+            beta, _ = _newton_steps(beta, *problem, iters)  # static count: unrolled by torch.compile
     return _project((beta * x).sum(-2), c.squeeze(-2) if c.ndim >= 2 else c)
 
 

@@ -1,6 +1,8 @@
 """Geo-Sign's hyperbolic layers: projection into the ball, token attention, contrastive loss.
 
-Each layer takes a shared `Curvature` module and evaluates c once per call. The geometric part
+Each layer takes a shared `Curvature` module and evaluates c once per call, or takes the value
+its caller already evaluated for this step (`c=`: one softplus and one gradient reduction per
+step instead of one per layer). The geometric part
 of every forward runs with autocast off in float32 (float64 for a float64 model); only the
 Euclidean `nn.Linear` of the projection follows the caller's autocast.
 """
@@ -73,9 +75,9 @@ class HyperbolicProjection(nn.Module):
         v = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))  # (G, N, dim_out)
         return v.reshape(*x.shape[:-1], -1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         v = self.linear(x)  # in the caller's autocast dtype
-        c = self.curvature()
+        c = self.curvature() if c is None else c
         scale = self.log_scale.exp()
         if self.groups is not None:
             scale = scale.view(-1, *[1] * (v.ndim - 1))  # (G, 1, ..., 1)
@@ -108,7 +110,7 @@ class HyperbolicAttention(nn.Module):
     def tau_attn(self) -> Tensor:
         return _bounded_tau(self.tau_attn_logit)
 
-    def forward(self, queries: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, queries: Tensor, tokens: Tensor, mask: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         dim = self.M_key.shape[0]
         if queries.ndim != 3 or tokens.ndim != 3 or queries.shape[-1] != dim or tokens.shape[-1] != dim:
             raise ValueError(f"HyperbolicAttention: queries (B, P, {dim}) and tokens (B, L, {dim}) expected, "
@@ -116,7 +118,7 @@ class HyperbolicAttention(nn.Module):
         if mask.dtype != torch.bool or mask.shape != tokens.shape[:2] or queries.shape[0] != tokens.shape[0]:
             raise ValueError(f"HyperbolicAttention: mask must be bool {tuple(tokens.shape[:2])} and batch sizes "
                              f"must agree, got mask {mask.dtype} {tuple(mask.shape)}, queries {tuple(queries.shape)}")
-        c = self.curvature()
+        c = self.curvature() if c is None else c
         keys = mobius_affine(self.M_key, tokens, expmap0(self.b_key, c), c)  # (M ⊗ h) ⊕ b: (B, L, D)
         with torch.autocast(device_type=queries.device.type, enabled=False):
             scores = -pairwise_dist(queries, keys, c) / self.tau_attn.to(keys.dtype)  # (B, P, L)
@@ -171,11 +173,11 @@ class HyperbolicContrastiveLoss(nn.Module):
         gathered = all_gather(y.contiguous())
         return torch.cat(gathered, dim=-2), dist_.get_rank() * y.shape[-2]
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, y: Tensor, c: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if x.ndim not in (2, 3) or x.shape != y.shape:
             raise ValueError(f"HyperbolicContrastiveLoss: x and y must both be (B, D) or (G, B, D), "
                              f"got {tuple(x.shape)} and {tuple(y.shape)}")
-        c = self.curvature()
+        c = self.curvature() if c is None else c
         tau = _bounded_tau(self.tau_logit)
         margin = self.margin.clamp_min(0.0)
         with torch.autocast(device_type=x.device.type, enabled=False):

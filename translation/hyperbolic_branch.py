@@ -74,22 +74,22 @@ class HyperbolicBranch(nn.Module):
         parts = torch.stack([part_features[p] for p in PART_NAMES], dim=1)  # (B, P, T, part_dim)
         return masked_mean(parts, frame_mask[:, None])
 
-    def project_parts(self, pooled: Tensor) -> Tensor:
+    def project_parts(self, pooled: Tensor, c: Tensor | None = None) -> Tensor:
         """h_p = HyperbolicProjection_p(pooled part p): (B, P, part_dim) -> (B, P, hyp_dim), all
         parts in one grouped pass."""
-        return self.part_proj(pooled.transpose(0, 1)).transpose(0, 1)
+        return self.part_proj(pooled.transpose(0, 1), c).transpose(0, 1)
 
-    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor) -> Tensor:
+    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor, c: Tensor | None = None) -> Tensor:
         """(B, P, hyp_dim) points of the parts in the ball."""
-        return self.project_parts(self.pool_parts(part_features, frame_mask))
+        return self.project_parts(self.pool_parts(part_features, frame_mask), c)
 
     def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
                 target_mask: Tensor, diagnostics: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """part_features {p: (B, T, part_dim)}, decoder_hidden (B, L, text_dim) -> (L_hyp, logs).
         `diagnostics=False` skips the per-part distances to the origin (the logs' `dist0_<part>`)
-        on the steps where no logger would receive them."""
-        c = self.curvature()
-        h_parts = self.part_embeddings(part_features, frame_mask)  # (B, P, D)
+        and τ_attn on the steps where no logger would receive them."""
+        c = self.curvature()  # once for every layer below
+        h_parts = self.part_embeddings(part_features, frame_mask, c)  # (B, P, D)
         logs = {}
         if diagnostics:
             with torch.no_grad():  # logged diagnostics only: no graph to record
@@ -98,14 +98,15 @@ class HyperbolicBranch(nn.Module):
             w = frechet_weights(h_parts, c, dim=1, temperature=self.frechet_temperature)  # (B, P)
             kwargs = {} if self.frechet_iters is None else {"iters": self.frechet_iters}
             pose = frechet_mean(h_parts, w, c, dim=1, **kwargs)  # (B, D)
-            text = self.text_proj(masked_mean(decoder_hidden, target_mask))  # (B, D)
-            loss, stats = self.contrastive(pose, text)
+            text = self.text_proj(masked_mean(decoder_hidden, target_mask), c)  # (B, D)
+            loss, stats = self.contrastive(pose, text, c)
         else:
-            tokens = self.text_proj(decoder_hidden)  # (B, L, D)
-            contexts, _ = self.attention(h_parts, tokens, target_mask)  # (B, P, D)
+            tokens = self.text_proj(decoder_hidden, c)  # (B, L, D)
+            contexts, _ = self.attention(h_parts, tokens, target_mask, c)  # (B, P, D)
             # each part contrasts against its own contexts; averaged over parts, C.2.2 step 4
-            loss, stats = self.contrastive(h_parts.transpose(0, 1), contexts.transpose(0, 1))  # (P, B, D) each
-            logs["tau_attn"] = self.attention.tau_attn
+            loss, stats = self.contrastive(h_parts.transpose(0, 1), contexts.transpose(0, 1), c)  # (P, B, D) each
+            if diagnostics:
+                logs["tau_attn"] = self.attention.tau_attn.detach()
         logs.update(stats)
         logs["curvature"] = c
         return loss, logs

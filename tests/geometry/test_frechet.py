@@ -84,6 +84,15 @@ def test_gradcheck_through_the_unrolled_mean():
     assert torch.autograd.gradcheck(lambda x, w, c: weighted_midpoint(x, w, c, dim=1), (x, w, c))
 
 
+def test_gradcheck_with_one_curvature_per_problem_and_broadcast_weights():
+    """The implicit gradient's hand-written VJP sums each curvature term to c's own shape: one c per
+    problem (points along dim 0, c (1, B, 1)) and weights broadcast over the batch."""
+    x = _parts(0.8, batch=2, parts=3, dim=4, scale=1.0).double().transpose(0, 1).contiguous().requires_grad_()  # (N, B, D)
+    c = torch.tensor([0.5, 2.0], dtype=torch.float64).view(1, 2, 1).requires_grad_()
+    w = torch.tensor([[0.2], [1.0], [0.7]], dtype=torch.float64).requires_grad_()  # (N, 1): broadcast over B
+    assert torch.autograd.gradcheck(lambda x, w, c: frechet_mean(x, w, c, dim=0, iters=8), (x, w, c))
+
+
 def test_float32_gradients_agree_with_float64():
     c = 1.5
     x = _parts(c, batch=4, scale=1.0)

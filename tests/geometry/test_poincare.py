@@ -211,7 +211,7 @@ def test_gradcheck_float64():
     y = (ref.ball_points(3, 4, 1.3, 0.8, seed=2)).requires_grad_()
     M = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     for fn, args in [(dist, (x, y, c)), (dist0, (x, c)), (mobius_add, (x, y, c)), (logmap, (x, y, c)),
-                     (expmap, (x, y, c)), (logmap0, (x, c)), (expmap0, (y, c)), (clipped_expmap0, (y * 3, c, 0.5 * torch.ones(1, dtype=torch.float64))), (mobius_matvec, (M, x, c)),
+                     (expmap, (x, y, c)), (logmap0, (x, c)), (expmap0, (y, c)), (clipped_expmap0, (torch.cat([y * 10, y * 0.1]), c, torch.tensor([[0.5]] * 3 + [[2.0]] * 3, dtype=torch.float64, requires_grad=True))), (mobius_matvec, (M, x, c)),
                      (pairwise_dist, (x, y, c)), (mobius_affine, (M, x, ref.ball_points(1, 5, 1.3, 0.5, seed=3)[0].requires_grad_(), c))]:
         assert torch.autograd.gradcheck(fn, args), fn.__name__
 

@@ -153,6 +153,7 @@ def test_branch_without_diagnostics_gives_the_same_loss_and_no_dist0(mode):
                                               diagnostics=False)
     assert quiet_loss.item() == loss.item()
     assert {f"dist0_{p}" for p in PART_NAMES} <= set(logs) and not any(k.startswith("dist0") for k in quiet_logs)
+    assert ("tau_attn" in logs) == (mode == "token") and "tau_attn" not in quiet_logs
 
 
 def test_masked_mean_ignores_padding_in_part_embeddings():
