@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .poincare import _gap, _gap_floor, _project, _safe_sqrt, _sqnorm, dist0, full_precision
+from .poincare import _gap, _gap_floor, _matmul, _project, _safe_sqrt, _sqnorm, dist0, full_precision
 
 # Newton steps on the Lou et al. fixed point, from the gyro-midpoint. The plain step contracts by
 # ~0.45 on F.2-clipped inputs (√c·d(0, x) ≤ 2) and needs 16 steps to reach float32's floor (~3e-6
@@ -70,8 +70,8 @@ def weighted_midpoints(w: Tensor, x: Tensor, c: Tensor) -> Tensor:
     gap = _gap(x2, c)
     # fold the per-token λ_j into the weights: (w λ) @ x, never a scaled copy of the L × D tokens
     lam_w = w * (2 / gap).transpose(-1, -2)  # (..., P, L)
-    den = (w @ ((1 + c * x2) / gap)).clamp_min(torch.finfo(x.dtype).tiny)  # (..., P, 1)
-    return _klein_to_ball((lam_w @ x) / den, c)
+    den = _matmul(w, (1 + c * x2) / gap).clamp_min(torch.finfo(x.dtype).tiny)  # (..., P, 1)
+    return _klein_to_ball(_matmul(lam_w, x) / den, c)
 
 
 # asinh(r)/r = Σ_n ASINHC[n]·δⁿ with δ = r² (Taylor coefficients of asinh). Below ASINHC_SERIES the
@@ -139,7 +139,7 @@ def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap
     need no gradient-safe forms: its derivatives are written out, with a clamped quantity's
     derivative 0 as autograd would give it.
     """
-    g_beta = gram @ beta  # (..., N, 1): ⟨x_i, μ⟩
+    g_beta = _matmul(gram, beta)  # (..., N, 1): ⟨x_i, μ⟩
     mu2 = (beta * g_beta).sum(-2, keepdim=True)  # (..., 1, 1): ‖μ‖²
     xmu2_raw = x2 - 2 * g_beta + mu2  # rounding can dip below 0
     gap_mu = _gap(mu2, c)
@@ -150,7 +150,7 @@ def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap
     d_phi = None if a_d is None else (a_d - a / (2 * (1 + delta))) * inv_sqrt
     alpha = w_over_gap * phi
     big_a = (alpha * lorentz_x).sum(-2, keepdim=True)
-    g_alpha = gram @ alpha
+    g_alpha = _matmul(gram, alpha)
     b2 = (alpha * g_alpha).sum(-2, keepdim=True)
     # A² > 4c‖b‖² strictly inside the ball (1 + c‖x‖² > 2√c‖x‖), but near the edge the difference
     # cancels to rounding noise, possibly ≤ 0: the root is 0 there, and so is its derivative below
@@ -168,8 +168,8 @@ def _lou_jacobian(t: _LouTerms, gram: Tensor, gap_x: Tensor, w_over_gap: Tensor,
     the same chain; rows i (the output), columns j (∂/∂β_j)."""
     d_mu2 = 2 * t.g_beta.transpose(-1, -2)  # (..., 1, N): ∂‖μ‖²/∂β_j = 2⟨x_j, μ⟩
     d_xmu2 = (d_mu2 - 2 * gram) * (t.xmu2_raw > 0)  # (..., N, N)
-    d_gap_mu = torch.where(1 - c * t.mu2 > _gap_floor(t.mu2), -c, 0.0) * d_mu2  # (..., 1, N)
-    d_delta = c / (gap_x * t.gap_mu) * d_xmu2 - t.delta / t.gap_mu * d_gap_mu
+    # gap_μ = 1 − c‖μ‖² past its floor (a floored gap equals the floor, an unfloored one exceeds it)
+    d_delta = c / (gap_x * t.gap_mu) * d_xmu2 + (c * t.delta / t.gap_mu * (t.gap_mu > _gap_floor(t.mu2))) * d_mu2
     d_alpha = (w_over_gap * t.d_phi) * d_delta  # (..., N, N)
     d_big_a = (lorentz_x * d_alpha).sum(-2, keepdim=True)  # (..., 1, N)
     d_b2 = 2 * (t.g_alpha * d_alpha).sum(-2, keepdim=True)
@@ -207,18 +207,18 @@ def _lou_vjp(t: _LouTerms, v: Tensor, beta: Tensor, x: Tensor, gram: Tensor, x2:
     k = g_delta * t.delta
     g_xmu2 = g_delta * c / (gap_x * t.gap_mu) * (t.xmu2_raw > 0)
     g_c = g_c + to_c(k / c)
-    g_gap_mu = (-k / t.gap_mu).sum_to_size(t.gap_mu.shape) * (1 - c * t.mu2 > _gap_floor(t.mu2))
+    g_gap_mu = (-k / t.gap_mu).sum_to_size(t.gap_mu.shape) * (t.gap_mu > _gap_floor(t.mu2))  # past its floor
     g_c = g_c - to_c(t.mu2 * g_gap_mu)
     # ‖x_i − μ‖² = ‖x_i‖² − 2(Gβ)_i + βᵀGβ, β fixed
     g_mu2 = g_xmu2.sum_to_size(t.mu2.shape) - (c * g_gap_mu).sum_to_size(t.mu2.shape)
     u = g_mu2 * beta - 2 * g_xmu2  # ∂/∂G = u βᵀ (+ ‖b‖²'s term)
     # the step-invariant terms: w / gap_x, 1 + c‖x‖², gap_x = 1 − c‖x‖² (past its floor)
-    g_gap_x = -(k + g_w_over_gap * w_over_gap) / gap_x * (1 - c * x2 > floor)
+    g_gap_x = -(k + g_w_over_gap * w_over_gap) / gap_x * (gap_x > floor)
     g_x2 = g_xmu2 + c * (g_lorentz - g_gap_x)
     g_c = g_c + to_c(x2 * (g_lorentz - g_gap_x))
     # G = x xᵀ, x2 = ‖x‖²
     g_gram = g_b2 * t.alpha * t.alpha.transpose(-1, -2) + u * beta.transpose(-1, -2)
-    g_x = (g_gram + g_gram.transpose(-1, -2)) @ x + 2 * g_x2 * x
+    g_x = _matmul(g_gram + g_gram.transpose(-1, -2), x) + 2 * g_x2 * x
     return g_x, g_w_over_gap / gap_x, g_c
 
 
@@ -227,12 +227,12 @@ def _problem(x: Tensor, w: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, ...
     Klein → ball) and the step-invariant terms (gram, x2, gap_x, w_over_gap, lorentz_x, c) of
     x (..., N, D), w (..., N, 1)."""
     x2 = _sqnorm(x)  # (..., N, 1)
-    gram = x @ x.transpose(-1, -2)  # (..., N, N)
+    gram = _matmul(x, x.transpose(-1, -2))  # (..., N, N)
     gap = _gap(x2, c)
     lorentz_x = 1 + c * x2
     w_over_gap = w / gap
     beta = 2 * w_over_gap / (w_over_gap * lorentz_x).sum(-2, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    m2 = (beta * (gram @ beta)).sum(-2, keepdim=True).clamp_min(0)
+    m2 = (beta * _matmul(gram, beta)).sum(-2, keepdim=True).clamp_min(0)
     return beta / (1 + _safe_sqrt(1 - c * m2)), (gram, x2, gap, w_over_gap, lorentz_x, c)
 
 

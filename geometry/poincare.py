@@ -82,7 +82,7 @@ def _safe_sqrt(t: Tensor) -> Tensor:
 
 
 def _ratio_at_zero_one(f: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
-    """f(u)/u with its limit 1 at u = 0 (for tanh, atanh, asinh), gradient-safe at 0."""
+    """f(u)/u with its limit 1 at u = 0 (artanh's, for log_0), gradient-safe at 0."""
     nz = u > 0
     u_safe = torch.where(nz, u, torch.ones_like(u))
     return torch.where(nz, f(u_safe) / u_safe, torch.ones_like(u))
@@ -98,13 +98,17 @@ def _norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
+def _matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b, as a single `bmm` when both are 3-D with one batch size: matmul's broadcasting wraps
+    it in five view ops (and autograd nodes), each costing as much as the product at these sizes."""
+    if a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
+        return torch.bmm(a, b)
+    return a @ b
+
+
 def _gap(x2: Tensor, c: Tensor) -> Tensor:
     """1 − c‖x‖², floored so points on or past the boundary (e.g. bf16-rounded) stay finite."""
     return (1 - c * x2).clamp_min(_gap_floor(x2))
-
-
-def _tanhc(u: Tensor) -> Tensor:
-    return _ratio_at_zero_one(torch.tanh, u)
 
 
 def _artanhc(u: Tensor) -> Tensor:
@@ -130,8 +134,7 @@ def _project(x: Tensor, c: Tensor) -> Tensor:
 
 
 def _expmap0(v: Tensor, c: Tensor) -> Tensor:
-    sqrt_c = c.sqrt()
-    return _project(v * _tanhc(sqrt_c * _norm(v)), c)
+    return _Expmap0.apply(v, c, None)  # _project(v · tanhc(√c‖v‖), c), its backward written out
 
 
 def _logmap0(x: Tensor, c: Tensor) -> Tensor:
@@ -178,21 +181,25 @@ def expmap0(v: Tensor, c: Tensor) -> Tensor:
     return _expmap0(v, c)
 
 
-class _ClippedExpmap0(torch.autograd.Function):
-    """`clipped_expmap0` with its backward written out. The output is v times one per-row factor
-    f(‖v‖, s, c) = clip · exp · fit, so the backward is g·f plus ⟨g, v⟩ f'(‖v‖) v/‖v‖, and the
-    chain of per-row scalars runs in reverse here: autograd records ~30 ops per call and
-    dispatches ~70 in backward, this ~35 in all. Every clamp has its forward's derivative (0
-    where it binds), as under autograd, and the gradient at v = 0 is s·I
-    (`tests/geometry/test_poincare.py` gradchecks it in every regime)."""
+class _Expmap0(torch.autograd.Function):
+    """exp_0 (projected), optionally after scaling and F.2 clipping (`scale` not None), with its
+    backward written out. The output is v times one per-row factor f(‖v‖, s, c) = clip · exp · fit,
+    so the backward is g·f plus ⟨g, v⟩ f'(‖v‖) v/‖v‖, and the chain of per-row scalars runs in
+    reverse here: autograd records ~30 ops per call and dispatches ~70 in backward, this about
+    60 in all. Every clamp has its forward's derivative (0 where it binds), as under autograd,
+    and the gradient at v = 0 is s·I (`tests/geometry/test_poincare.py` gradchecks it in every
+    regime)."""
 
     @staticmethod
-    def forward(ctx, v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
+    def forward(ctx, v: Tensor, c: Tensor, scale: Tensor | None) -> Tensor:
         sqrt_c = c.sqrt()
         norm = _norm(v)  # (..., 1)
-        z = sqrt_c * scale * norm + CLIP_EPS
-        clip = scale / z.clamp_min(1.0)  # s / max(1, √c‖s v‖ + ε)
-        tangent_norm = clip * norm
+        z = clip = None
+        tangent_norm = norm
+        if scale is not None:
+            z = sqrt_c * scale * norm + CLIP_EPS
+            clip = scale / z.clamp_min(1.0)  # s / max(1, √c‖s v‖ + ε)
+            tangent_norm = clip * norm
         u = sqrt_c * tangent_norm
         u_pos = u > 0
         u_safe = torch.where(u_pos, u, 1.0)
@@ -202,10 +209,10 @@ class _ClippedExpmap0(torch.autograd.Function):
         point_norm = (exp * tangent_norm).clamp_min(max_norm)
         fit_on = exp * tangent_norm >= max_norm
         fit = torch.where(fit_on, max_norm / point_norm, 1.0)  # projection, as `_fit`
-        factor = clip * exp * fit
+        factor = exp * fit if clip is None else clip * exp * fit
         ctx.save_for_backward(v, c, scale, sqrt_c, norm, z, clip, tangent_norm, u_safe, tanh_u, exp, max_norm,
                               point_norm, fit, factor)
-        ctx.masks = (z >= 1, u_pos, fit_on)
+        ctx.masks = (None if z is None else z >= 1, u_pos, fit_on)
         return v * factor
 
     @staticmethod
@@ -215,9 +222,10 @@ class _ClippedExpmap0(torch.autograd.Function):
          factor) = ctx.saved_tensors
         clip_on, u_pos, fit_on = ctx.masks
         g_factor = (g * v).sum(-1, keepdim=True)
-        g_clip, g_exp = g_factor * exp * fit, g_factor * clip * fit
+        g_exp_fit = g_factor if clip is None else g_factor * clip  # ∂L/∂(exp · fit)
+        g_exp = g_exp_fit * fit
         # fit = max_norm / ‖point‖ where it binds, ‖point‖ = exp · tangent_norm
-        k = torch.where(fit_on, g_factor * clip * exp / point_norm, 0.0)
+        k = torch.where(fit_on, g_exp_fit * exp / point_norm, 0.0)
         g_point_norm = -k * fit
         g_exp = g_exp + g_point_norm * tangent_norm
         g_tangent_norm = g_point_norm * exp
@@ -225,20 +233,22 @@ class _ClippedExpmap0(torch.autograd.Function):
         g_u = torch.where(u_pos, g_exp * (1 - tanh_u * tanh_u - exp) / u_safe, 0.0)
         g_tangent_norm = g_tangent_norm + g_u * sqrt_c
         g_sqrt_c = g_u * tangent_norm - k * max_norm / sqrt_c
-        # tangent_norm = clip · ‖v‖, clip = s / z where z = √c s ‖v‖ + ε ≥ 1
-        g_clip = g_clip + g_tangent_norm * norm
-        z_fit = z.clamp_min(1.0)
-        g_z = torch.where(clip_on, -g_clip * clip / z_fit, 0.0)
-        g_norm = g_tangent_norm * clip + g_z * sqrt_c * scale
+        g_norm, grad_c, grad_scale = g_tangent_norm, None, None
+        if clip is not None:
+            # tangent_norm = clip · ‖v‖, clip = s / z where z = √c s ‖v‖ + ε ≥ 1
+            g_clip = g_factor * exp * fit + g_tangent_norm * norm
+            z_fit = z.clamp_min(1.0)
+            g_z = torch.where(clip_on, -g_clip * clip / z_fit, 0.0)
+            g_norm = g_tangent_norm * clip + g_z * sqrt_c * scale
+            g_sqrt_c = g_sqrt_c + g_z * scale * norm
+            if ctx.needs_input_grad[2]:
+                grad_scale = g_clip / z_fit + g_z * sqrt_c * norm
+                grad_scale = grad_scale.sum_to_size(scale.shape) if scale.ndim else grad_scale.sum()
         tiny = torch.finfo(v.dtype).tiny
         grad_v = factor * g + torch.where(norm > 0, g_norm / norm.clamp_min(tiny), 0.0) * v  # ‖v‖' = v/‖v‖, 0 at 0
-        grad_c = grad_scale = None
         if ctx.needs_input_grad[1]:
-            grad_c = (g_sqrt_c + g_z * scale * norm) / (2 * sqrt_c)
+            grad_c = g_sqrt_c / (2 * sqrt_c)
             grad_c = grad_c.sum_to_size(c.shape) if c.ndim else grad_c.sum()
-        if ctx.needs_input_grad[2]:
-            grad_scale = g_clip / z_fit + g_z * sqrt_c * norm
-            grad_scale = grad_scale.sum_to_size(scale.shape) if scale.ndim else grad_scale.sum()
         return grad_v, grad_c, grad_scale
 
 
@@ -247,10 +257,10 @@ def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
     """expmap0(clip_tangent(scale · v)) (supplement Eq. 2 with F.2 clipping) as one radial
     rescaling of v: scaling, clipping, exp_0 and projection each multiply v by a function of
     ‖v‖, so only ‖v‖ and one final product touch the (..., D) values. `scale` broadcasts
-    against v[..., :1]. The backward is written out (`_ClippedExpmap0`)."""
+    against v[..., :1]. The backward is written out (`_Expmap0`)."""
     if not isinstance(scale, Tensor):
         scale = torch.as_tensor(scale, dtype=v.dtype, device=v.device)
-    return _ClippedExpmap0.apply(v, c, scale)
+    return _Expmap0.apply(v, c, scale)
 
 
 @full_precision
@@ -449,7 +459,7 @@ def _gram_terms(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, ...]:
     c / ((1 − c‖x‖²)(1 − c‖y‖²)): (x2, y2, gap_x, gap_y, d2_raw, scale)."""
     x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)
     gx, gy = _gap(x2, c), _gap(y2, c)
-    return x2, y2, gx, gy, x2 + y2 - 2 * x @ y.transpose(-1, -2), c / (gx * gy)
+    return x2, y2, gx, gy, x2 + y2 - 2 * _matmul(x, y.transpose(-1, -2)), c / (gx * gy)
 
 
 class _RefinedPairwiseDist(torch.autograd.Function):
@@ -496,10 +506,10 @@ class _RefinedPairwiseDist(torch.autograd.Function):
         gram_a = (a * gram_kept).scatter(-1, nearest, 0.0)  # Gram entries only, past their clamp_min(0)
         grad_x = grad_y = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_x = 2 * (x * (gram_a.sum(-1, keepdim=True) + c * rx) - gram_a @ y + (near_a * diff).sum(-2))
+            grad_x = 2 * (x * (gram_a.sum(-1, keepdim=True) + c * rx) - _matmul(gram_a, y) + (near_a * diff).sum(-2))
             grad_x = grad_x.sum_to_size(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_y = 2 * (y * (gram_a.sum(-2, keepdim=True) + c * ry).transpose(-1, -2) - gram_a.transpose(-1, -2) @ x)
+            grad_y = 2 * (y * (gram_a.sum(-2, keepdim=True) + c * ry).transpose(-1, -2) - _matmul(gram_a.transpose(-1, -2), x))
             m, dim = y.shape[-2:]
             near = torch.zeros(grad_y.numel() // dim, dim, dtype=y.dtype, device=y.device)
             near = near.index_add(0, _flat_index(nearest, m).reshape(-1), (-2 * near_a * diff).reshape(-1, dim))
