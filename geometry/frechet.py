@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .poincare import _gap, _gap_floor, _matmul, _project, _safe_sqrt, _sqnorm, dist0, full_precision
+from .poincare import BALL_EPS, _gap, _gap_floor, _matmul, _norm, _project, _safe_sqrt, _sqnorm, dist0, full_precision
 
 # Newton steps on the Lou et al. fixed point, from the gyro-midpoint. The plain step contracts by
 # ~0.45 on F.2-clipped inputs (√c·d(0, x) ≤ 2) and needs 16 steps to reach float32's floor (~3e-6
@@ -58,20 +58,88 @@ def weighted_midpoint(x: Tensor, w: Tensor, c: Tensor, dim: int) -> Tensor:
     return _midpoint(x, w, c, _point_dim(x, dim, "weighted_midpoint"))
 
 
+class _WeightedMidpoints(torch.autograd.Function):
+    """`weighted_midpoints` with its backward written out: the per-token factors λ_j = 2/(1 − c‖x_j‖²)
+    and γ_j = (1 + c‖x_j‖²)/(1 − c‖x_j‖²), two matmuls for the Klein point m = (w λ) x / (w γ),
+    then the per-row map to the ball m / (1 + √(1 − c‖m‖²)) and its projection, reversed by hand:
+    autograd recorded ~40 ops and dispatched ~100 in backward for the token attention's read-out.
+    Every clamp has its forward's derivative (0 where it binds), as under autograd
+    (`tests/geometry/test_frechet.py` gradchecks it, broadcast batches and zero weights included)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, x: Tensor, c: Tensor) -> Tensor:
+        tiny = torch.finfo(x.dtype).tiny
+        x2 = _sqnorm(x)  # (..., L, 1)
+        gap = _gap(x2, c)
+        lam = 2 / gap
+        lorentz = (1 + c * x2) / gap
+        # fold the per-token λ_j into the weights: (w λ) @ x, never a scaled copy of the L × D tokens
+        lam_w = w * lam.transpose(-1, -2)  # (..., P, L)
+        den_raw = _matmul(w, lorentz)  # (..., P, 1)
+        den = den_raw.clamp_min(tiny)  # only 0 when every weight is 0 (then m = 0, the origin)
+        m = _matmul(lam_w, x) / den  # (..., P, D) Klein point
+        m_norm = _norm(m)
+        m2 = m_norm * m_norm
+        q = 1 - c * m2  # > 0 inside the ball; rounding can take it to 0 at the edge
+        root = q.clamp_min(0).sqrt()
+        k = 1 / (1 + root)  # Klein → Poincaré factor
+        max_norm = (1 - BALL_EPS) / c.sqrt()
+        point_norm = (k * m_norm).clamp_min(max_norm)
+        fit_on = k * m_norm >= max_norm
+        fit = torch.where(fit_on, max_norm / point_norm, 1.0)  # projection, as `_fit`
+        factor = k * fit
+        ctx.save_for_backward(w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m_norm, m2, root, k, max_norm,
+                              point_norm, fit, factor)
+        ctx.masks = (den_raw >= tiny, q > 0, fit_on)
+        return m * factor
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        (w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m_norm, m2, root, k, max_norm, point_norm, fit,
+         factor) = ctx.saved_tensors
+        den_ok, q_pos, fit_on = ctx.masks
+
+        def to(t: Tensor, like: Tensor) -> Tensor:  # reduce a broadcast term to its operand's shape
+            return t.sum_to_size(like.shape) if like.ndim else t.sum()
+
+        # out = m · k · fit, per row
+        g_factor = (g * m).sum(-1, keepdim=True)
+        g_fit = torch.where(fit_on, g_factor * k / point_norm, 0.0)  # fit = max_norm / (k‖m‖) where it binds
+        g_k = g_factor * fit - g_fit * fit * m_norm
+        g_m_norm = -g_fit * fit * k
+        g_q = torch.where(q_pos, -g_k * k * k / (2 * torch.where(q_pos, root, 1.0)), 0.0)  # k = 1/(1 + √q)
+        g_m2 = -c * g_q
+        g_m = g * factor + (2 * g_m2 + torch.where(m_norm > 0, g_m_norm / m_norm.clamp_min(torch.finfo(m.dtype).tiny),
+                                                   0.0)) * m
+        # m = (λw) x / den, den = w γ past its clamp
+        g_num = g_m / den
+        g_den = -(g_m * m).sum(-1, keepdim=True) / den * den_ok  # (..., P, 1)
+        g_lam_w = _matmul(g_num, x.transpose(-1, -2))  # (..., P, L)
+        g_x = _matmul(lam_w.transpose(-1, -2), g_num)  # (..., L, D)
+        g_w = g_lam_w * lam.transpose(-1, -2) + g_den * lorentz.transpose(-1, -2)
+        g_lam = to(g_lam_w * w, lam.transpose(-1, -2)).transpose(-1, -2)  # (..., L, 1)
+        g_lorentz = to(_matmul(w.transpose(-1, -2), g_den), lorentz)
+        # λ = 2/gap, γ = (1 + c‖x‖²)/gap, gap = 1 − c‖x‖² past its floor
+        g_gap = -(g_lam * lam + g_lorentz * lorentz) / gap * (gap > _gap_floor(gap))
+        g_x = g_x + 2 * (c * (g_lorentz / gap - g_gap)) * x
+        grad_c = None
+        if ctx.needs_input_grad[2]:
+            grad_c = (to(-m2 * g_q, c) - to(g_fit * max_norm / (2 * c), c)
+                      + to(x2 * (g_lorentz / gap - g_gap), c))
+        return to(g_w, w), to(g_x, x), grad_c
+
+
 @full_precision
 def weighted_midpoints(w: Tensor, x: Tensor, c: Tensor) -> Tensor:
     """P weighted midpoints of the same L points at once, as two matmuls.
 
-    w (..., P, L), x (..., L, D) → (..., P, D); the attention read-out (no P×L×D tensor).
+    w (..., P, L), x (..., L, D) → (..., P, D); the attention read-out (no P×L×D tensor). The
+    backward is written out (`_WeightedMidpoints`).
     """
     if w.shape[-1] != x.shape[-2]:
         raise ValueError(f"weighted_midpoints: w {tuple(w.shape)} and x {tuple(x.shape)} disagree on L")
-    x2 = _sqnorm(x)  # (..., L, 1)
-    gap = _gap(x2, c)
-    # fold the per-token λ_j into the weights: (w λ) @ x, never a scaled copy of the L × D tokens
-    lam_w = w * (2 / gap).transpose(-1, -2)  # (..., P, L)
-    den = _matmul(w, (1 + c * x2) / gap).clamp_min(torch.finfo(x.dtype).tiny)  # (..., P, 1)
-    return _klein_to_ball(_matmul(lam_w, x) / den, c)
+    return _WeightedMidpoints.apply(w, x, c)
 
 
 # asinh(r)/r = Σ_n ASINHC[n]·δⁿ with δ = r² (Taylor coefficients of asinh). Below ASINHC_SERIES the

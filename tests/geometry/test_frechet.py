@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from geometry import (clip_tangent, dist, dist0, expmap0, frechet_mean, frechet_weights, mobius_add,
                       weighted_midpoint, weighted_midpoints)
 
+from geometry.poincare import BALL_EPS
+
 from . import reference as ref
 
 
@@ -150,6 +152,21 @@ def test_midpoints_match_geoopt_and_the_matmul_form():
     torch.testing.assert_close(weighted_midpoints(weights, x, c), loop)
     zero = weighted_midpoints(torch.zeros(3, 2, 5, dtype=torch.float64), x, c)
     assert (zero == 0).all()  # no weight at all: the origin, not NaN
+
+
+def test_weighted_midpoints_gradcheck_broadcast_curvature_and_projection():
+    """weighted_midpoints' written-out backward: weights (2, P, L) against points (1, L, D) broadcast,
+    one curvature per batch element, and a row whose midpoint sits past the projection radius
+    (most weight on a point at 0.999/√c), so the projection's clamp binds there."""
+    c = torch.tensor([[[0.7]], [[2.0]]], dtype=torch.float64)
+    x = _parts(2.0, batch=1, parts=4, dim=3, scale=1.0).double()
+    x[0, 0] = x[0, 0] / x[0, 0].norm() * 0.999 / 2.0 ** 0.5
+    w = torch.rand(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) + 0.1
+    w[:, 2] = torch.tensor([1.0, 1e-3, 1e-3, 1e-3], dtype=torch.float64)
+    radius = weighted_midpoints(w, x, c)[1, 2].norm() * 2.0 ** 0.5
+    assert abs(radius.item() - (1 - BALL_EPS)) < 1e-12  # on the projection radius: the clamp binds
+    leaves = [t.clone().requires_grad_() for t in (w, x, c)]
+    assert torch.autograd.gradcheck(weighted_midpoints, leaves)
 
 
 def test_frechet_weights_are_eq4_softmax():
