@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from datamodules.keypoints import PART_NAMES
 from datamodules.tokenization import load_tokenizer
-from translation.hyperbolic_branch import HyperbolicBranch, LossBlend
+from translation.hyperbolic_branch import COMPILE_OPTIONS, HyperbolicBranch, LossBlend
 from translation.language_model import SignLanguageModel
 from translation.stgcn import PoseEncoder
 
@@ -113,8 +113,7 @@ class GeoSignTranslator(LightningModule):
             learn_c=learn_c, label_smoothing=hyp_label_smoothing, frechet_temperature=frechet_temperature,
             frechet_iters=frechet_iters, init_scale=hyp_init_scale, gather_negatives=gather_negatives)
         if compile_hyperbolic and self.hyperbolic is not None:
-            # In place, so checkpoint keys do not change; dynamic shapes avoid a recompile per B/T/L.
-            self.hyperbolic.compile(fullgraph=True, dynamic=True)
+            self.hyperbolic.compile(**COMPILE_OPTIONS)  # in place, so checkpoint keys do not change
         self.blend = None if hyperbolic is None else LossBlend(alpha_init)
         self._outputs: dict[int, list[dict]] = {}
         self._disk_points: list[Tensor] = []

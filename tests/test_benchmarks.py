@@ -13,7 +13,7 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 
-from benchmarks import data_loading, demo_results, hyperbolic_overhead, metric_reproduction, sampling
+from benchmarks import branch_ops, data_loading, demo_results, hyperbolic_overhead, metric_reproduction, sampling
 from benchmarks.common import print_table
 from lightning_modules.geosign import GeoSignTranslator
 
@@ -51,6 +51,22 @@ def test_hyperbolic_overhead_quick_writes_json(tmp_path, capsys):
     _machine_ok(result["machine"])
     out = capsys.readouterr().out
     assert "x baseline" in out and "x vs listings" in out and "x geometry only" in out
+
+
+def test_branch_ops_counts_each_modes_forward_and_backward_ops(tmp_path, capsys):
+    branch_ops.main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "branch_ops.json").read_text())
+    rows = {row["mode"]: row for row in result["rows"]}
+    assert set(rows) == {"pooled", "token"} and result["quick"] is True
+    for row in rows.values():
+        assert row["total_ops"] == row["forward_ops"] + row["backward_ops"]
+        assert row["forward_ops"] > 50 and row["backward_ops"] > 50 and row["fwd_bwd_ms"] > 0
+        assert sum(n for _, n in row["top_backward_nodes"]) <= row["backward_ops"]
+    # the written-out backwards run as autograd nodes of their own, and are counted under them
+    assert "_ImplicitFrechetBackward" in dict(rows["pooled"]["top_backward_nodes"])
+    assert "_MobiusAffineBackward" in dict(rows["token"]["top_backward_nodes"])
+    _machine_ok(result["machine"])
+    assert "pooled backward, ops per autograd node: " in capsys.readouterr().out
 
 
 def test_overhead_configs_are_the_experiment_yamls():

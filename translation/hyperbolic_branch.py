@@ -20,6 +20,12 @@ from geometry import (
 )
 
 MODES = ("pooled", "token")
+# torch.compile options of the (training-only) branch, `compile_hyperbolic`: one graph (no break,
+# so no hidden host sync) and automatic dynamic shapes: a changed B, T or L recompiles once as
+# dynamic instead of once per shape. Not dynamic=True from the first call: torch 2.13's dynamo then
+# traces the geometry's module-level float constants as symbolic inputs and cannot lift them into
+# a custom autograd.Function called twice in one graph (the projections' `_Expmap0`).
+COMPILE_OPTIONS = {"fullgraph": True, "dynamic": None}
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
