@@ -120,8 +120,8 @@ class ResumeState(Callback):
 @torch.no_grad()
 def grads_finite(parameters) -> bool:
     """True when every gradient is finite; one host sync for the whole model. One `_foreach_norm`
-    for all gradients (a norm is non-finite iff its tensor holds an inf or NaN): a norm per
-    parameter was ~300 dispatched ops a step for the demo model, about 1 ms."""
+    for all gradients (a norm is non-finite iff its tensor holds an inf or NaN) instead of a
+    detach and a norm per parameter: about 340 dispatched ops a step for the demo model."""
     grads = [p.grad for p in parameters if p.grad is not None]
     return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
 
