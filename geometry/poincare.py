@@ -185,8 +185,8 @@ class _Expmap0(torch.autograd.Function):
     """exp_0 (projected), optionally after scaling and F.2 clipping (`scale` not None), with its
     backward written out. The output is v times one per-row factor f(‖v‖, s, c) = clip · exp · fit,
     so the backward is g·f plus ⟨g, v⟩ f'(‖v‖) v/‖v‖, and the chain of per-row scalars runs in
-    reverse here: autograd records ~30 ops per call and dispatches ~70 in backward, this about
-    60 in all. Every clamp has its forward's derivative (0 where it binds), as under autograd,
+    reverse here: autograd recorded about 30 ops a call, and this backward dispatches about 60
+    without recording any. Every clamp has its forward's derivative (0 where it binds), as under autograd,
     and the gradient at v = 0 is s·I (`tests/geometry/test_poincare.py` gradchecks it in every
     regime)."""
 
