@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .poincare import BALL_EPS, _gap, _gap_floor, _matmul, _norm, _project, _safe_sqrt, _sqnorm, dist0, full_precision
+from .poincare import (BALL_EPS, _fit_terms, _gap, _gap_floor, _matmul, _norm, _project, _safe_sqrt, _sqnorm, dist0,
+                       full_precision)
 
 # Newton steps on the Lou et al. fixed point, from the gyro-midpoint. The plain step contracts by
 # ~0.45 on F.2-clipped inputs (√c·d(0, x) ≤ 2) and needs 16 steps to reach float32's floor (~3e-6
@@ -85,9 +86,7 @@ class _WeightedMidpoints(torch.autograd.Function):
         root = q.clamp_min(0).sqrt()
         k = 1 / (1 + root)  # Klein → Poincaré factor
         max_norm = (1 - BALL_EPS) / c.sqrt()
-        point_norm = (k * m_norm).clamp_min(max_norm)
-        fit_on = k * m_norm >= max_norm
-        fit = torch.where(fit_on, max_norm / point_norm, 1.0)  # projection, as `_fit`
+        fit, fit_on, point_norm = _fit_terms(k * m_norm, max_norm)  # the projection
         factor = k * fit
         ctx.save_for_backward(w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m_norm, m2, root, k, max_norm,
                               point_norm, fit, factor)
@@ -100,9 +99,6 @@ class _WeightedMidpoints(torch.autograd.Function):
         (w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m_norm, m2, root, k, max_norm, point_norm, fit,
          factor) = ctx.saved_tensors
         den_ok, q_pos, fit_on = ctx.masks
-
-        def to(t: Tensor, like: Tensor) -> Tensor:  # reduce a broadcast term to its operand's shape
-            return t.sum_to_size(like.shape) if like.ndim else t.sum()
 
         # out = m · k · fit, per row
         g_factor = (g * m).sum(-1, keepdim=True)
@@ -119,16 +115,17 @@ class _WeightedMidpoints(torch.autograd.Function):
         g_lam_w = _matmul(g_num, x.transpose(-1, -2))  # (..., P, L)
         g_x = _matmul(lam_w.transpose(-1, -2), g_num)  # (..., L, D)
         g_w = g_lam_w * lam.transpose(-1, -2) + g_den * lorentz.transpose(-1, -2)
-        g_lam = to(g_lam_w * w, lam.transpose(-1, -2)).transpose(-1, -2)  # (..., L, 1)
-        g_lorentz = to(_matmul(w.transpose(-1, -2), g_den), lorentz)
+        g_lam = (g_lam_w * w).sum_to_size(lam.transpose(-1, -2).shape).transpose(-1, -2)  # (..., L, 1)
+        g_lorentz = _matmul(w.transpose(-1, -2), g_den).sum_to_size(lorentz.shape)
         # λ = 2/gap, γ = (1 + c‖x‖²)/gap, gap = 1 − c‖x‖² past its floor
         g_gap = -(g_lam * lam + g_lorentz * lorentz) / gap * (gap > _gap_floor(gap))
         g_x = g_x + 2 * (c * (g_lorentz / gap - g_gap)) * x
         grad_c = None
         if ctx.needs_input_grad[2]:
-            grad_c = (to(-m2 * g_q, c) - to(g_fit * max_norm / (2 * c), c)
-                      + to(x2 * (g_lorentz / gap - g_gap), c))
-        return to(g_w, w), to(g_x, x), grad_c
+            # each term summed on its own: they broadcast differently
+            grad_c = ((-m2 * g_q).sum_to_size(c.shape) - (g_fit * max_norm / (2 * c)).sum_to_size(c.shape)
+                      + (x2 * (g_lorentz / gap - g_gap)).sum_to_size(c.shape))
+        return g_w.sum_to_size(w.shape), g_x.sum_to_size(x.shape), grad_c
 
 
 @full_precision
@@ -257,7 +254,7 @@ def _lou_vjp(t: _LouTerms, v: Tensor, beta: Tensor, x: Tensor, gram: Tensor, x2:
     floor = _gap_floor(x2)
 
     def to_c(term: Tensor) -> Tensor:  # each term of ∂/∂c summed on its own: they broadcast differently
-        return term.sum_to_size(c.shape) if c.ndim else term.sum()
+        return term.sum_to_size(c.shape)
 
     # β_new = 2α/den, den = A + √(A² − 4c‖b‖²) (past its clamp)
     g_alpha = 2 * v / t.den

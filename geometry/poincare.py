@@ -119,12 +119,18 @@ def _artanhc(u: Tensor) -> Tensor:
 # Un-wrapped kernels: inputs already in the compute dtype; used by every public function below
 # ----------------------------------------------------------------------------------------------
 
-def _fit(norm: Tensor, max_norm: Tensor) -> Tensor:
-    """min(max_norm / norm, 1), the factor that pulls a point of this norm back inside the radius.
+def _fit_terms(norm: Tensor, max_norm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """min(max_norm / norm, 1), the factor that pulls a point of this norm back inside the radius,
+    with the mask where it binds and max(norm, max_norm) (the written-out backwards reuse both).
     The quotient runs on max(norm, max_norm) and `where` picks it only outside: min(q, 1) alone
     has the backward inf · 0 = NaN at norms near 1e-20, and max_norm / max(norm, max_norm) alone
     gives max_norm (hence c) a rounding-noise gradient inside."""
-    return torch.where(norm >= max_norm, max_norm / norm.clamp_min(max_norm), 1.0)
+    on, clamped = norm >= max_norm, norm.clamp_min(max_norm)
+    return torch.where(on, max_norm / clamped, 1.0), on, clamped
+
+
+def _fit(norm: Tensor, max_norm: Tensor) -> Tensor:
+    return _fit_terms(norm, max_norm)[0]
 
 
 def _project(x: Tensor, c: Tensor) -> Tensor:
@@ -206,9 +212,7 @@ class _Expmap0(torch.autograd.Function):
         tanh_u = torch.tanh(u_safe)
         exp = torch.where(u_pos, tanh_u / u_safe, 1.0)  # exp_0 factor; the point's norm is exp · tangent_norm
         max_norm = (1 - BALL_EPS) / sqrt_c
-        point_norm = (exp * tangent_norm).clamp_min(max_norm)
-        fit_on = exp * tangent_norm >= max_norm
-        fit = torch.where(fit_on, max_norm / point_norm, 1.0)  # projection, as `_fit`
+        fit, fit_on, point_norm = _fit_terms(exp * tangent_norm, max_norm)  # the projection
         factor = exp * fit if clip is None else clip * exp * fit
         ctx.save_for_backward(v, c, scale, sqrt_c, norm, z, clip, tangent_norm, u_safe, tanh_u, exp, max_norm,
                               point_norm, fit, factor)
@@ -243,12 +247,12 @@ class _Expmap0(torch.autograd.Function):
             g_sqrt_c = g_sqrt_c + g_z * scale * norm
             if ctx.needs_input_grad[2]:
                 grad_scale = g_clip / z_fit + g_z * sqrt_c * norm
-                grad_scale = grad_scale.sum_to_size(scale.shape) if scale.ndim else grad_scale.sum()
+                grad_scale = grad_scale.sum_to_size(scale.shape)
         tiny = torch.finfo(v.dtype).tiny
         grad_v = factor * g + torch.where(norm > 0, g_norm / norm.clamp_min(tiny), 0.0) * v  # ‖v‖' = v/‖v‖, 0 at 0
         if ctx.needs_input_grad[1]:
             grad_c = g_sqrt_c / (2 * sqrt_c)
-            grad_c = grad_c.sum_to_size(c.shape) if c.ndim else grad_c.sum()
+            grad_c = grad_c.sum_to_size(c.shape)
         return grad_v, grad_c, grad_scale
 
 
@@ -329,8 +333,7 @@ class _MobiusAffine(torch.autograd.Function):
         t = torch.where(v_pos, tanh_v / v_safe, 1.0)
         s0 = lf * t
         q = s0 * ny
-        q_safe = q.clamp_min(max_norm)
-        fit1 = torch.where(q >= max_norm, max_norm / q_safe, 1.0)
+        fit1, fit1_on, q_safe = _fit_terms(q, max_norm)
         s = s0 * fit1
         p2, pb = s * s * y2, s * yb
         # p ⊕ b = (α p + β b) / den, Möbius addition with p = s·y
@@ -348,7 +351,7 @@ class _MobiusAffine(torch.autograd.Function):
         big_a, big_b = shrink * alpha, shrink * beta
         ctx.save_for_backward(M, x, b, c, y, nx, ny, yb, b2, u_safe, lf, v_safe, tanh_v, t, s0, q_safe, fit1, s,
                               p2, pb, den, num, alpha, beta, r_safe, r_fit, shrink, big_a, big_b)
-        ctx.masks = (u_pos & (u_raw <= 1 - floor), v_pos, q >= max_norm, den_raw >= tiny, gap_raw >= floor, r_pos,
+        ctx.masks = (u_pos & (u_raw <= 1 - floor), v_pos, fit1_on, den_raw >= tiny, gap_raw >= floor, r_pos,
                      r_pos & (r_safe >= max_norm))
         return big_a * y + big_b * b
 
@@ -403,7 +406,7 @@ class _MobiusAffine(torch.autograd.Function):
         g_sqrt_c = g_sqrt_c + g_u * nx - g_max_norm * max_norm / sqrt_c
         g_nx = g_u * sqrt_c
         grad_c = g_c + g_sqrt_c / (2 * sqrt_c)
-        grad_c = grad_c.sum_to_size(c.shape) if c.ndim else grad_c.sum()
+        grad_c = grad_c.sum_to_size(c.shape)
         # back to the vectors: ‖·‖' = x/‖x‖ (0 at the origin, as `_norm`), y = x Mᵀ
         tiny = torch.finfo(x.dtype).tiny
         g_y = big_a * g + torch.where(ny > 0, g_ny / ny.clamp_min(tiny), 0.0) * y + g_yb * b
@@ -517,7 +520,7 @@ class _RefinedPairwiseDist(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_c = (g_delta / c - grad * d / (2 * c)).sum((-2, -1), keepdim=True) \
                 + (rx * x2).sum(-2, keepdim=True) + (ry * y2).sum(-1, keepdim=True)
-            grad_c = grad_c.sum_to_size(c.shape) if c.ndim else grad_c.sum()
+            grad_c = grad_c.sum_to_size(c.shape)
         return grad_x, grad_y, grad_c, None
 
 
