@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .curvature import Curvature
 from .frechet import weighted_midpoints
-from .poincare import clipped_expmap0, dist, expmap0, mobius_affine, pairwise_dist
+from .poincare import clipped_expmap0, expmap0, mobius_affine, pairwise_dist
 
 TAU_MIN, TAU_RANGE = 0.01, 1.99  # τ = sigmoid(logit)·1.99 + 0.01 ∈ (0.01, 2), listings 7–8
 
@@ -181,19 +181,19 @@ class HyperbolicContrastiveLoss(nn.Module):
         tau = _bounded_tau(self.tau_logit)
         margin = self.margin.clamp_min(0.0)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pos = dist(x, y, c)  # (..., B) exact, from direct differences
-            logs = {"tau": tau.detach(), "margin": margin.detach(), "pos_dist": pos.mean().detach()}
             targets, offset = self._targets(y)
+            labels = (torch.arange(x.shape[-2], device=x.device) + offset).expand(x.shape[:-1]).unsqueeze(-1)  # (..., B, 1)
+            # every pair in one pass, the positives (the one place near-duplicate pairs are the aim)
+            # exact from direct differences; a negative's Gram rounding is at most ~3e-3 in d
+            # (float32, F.2-clipped points), far below what moves a logit
+            d = pairwise_dist(x, targets, c, exact=labels)  # (..., B, M)
+            pos = d.gather(-1, labels)  # (..., B, 1)
+            logs = {"tau": tau.detach(), "margin": margin.detach(), "pos_dist": pos.mean().detach()}
             if targets.shape[-2] == 1:  # no negatives: a zero that keeps every input in the graph
                 return (pos.sum() + tau + margin) * 0.0, logs
-            labels = (torch.arange(x.shape[-2], device=x.device) + offset).expand(pos.shape)  # (..., B)
-            # Gram form only: the positives, the one place near-duplicate pairs are the aim, come
-            # exact from `dist`; a negative's Gram rounding is at most ~3e-3 in d (float32, F.2-clipped
-            # points), far below what moves a logit
-            d = pairwise_dist(x, targets, c, refine=0)  # (..., B, M)
             # +m on every negative logit is −m on the positive one: a row's softmax sees only differences
-            positive = (-pos / tau.to(d.dtype) - margin.to(d.dtype)).unsqueeze(-1)
-            logits = (-d / tau.to(d.dtype)).scatter(-1, labels.unsqueeze(-1), positive)  # (..., B, M)
+            positive = torch.zeros_like(d).scatter_(-1, labels, 1.0)
+            logits = -(d / tau.to(d.dtype) + margin.to(d.dtype) * positive)  # (..., B, M)
             # equal B per group, so the mean over all rows is the mean of the per-group losses
             loss = F.cross_entropy(logits.reshape(-1, d.shape[-1]), labels.reshape(-1),
                                    label_smoothing=self.label_smoothing)

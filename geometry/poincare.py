@@ -188,71 +188,64 @@ def expmap0(v: Tensor, c: Tensor) -> Tensor:
 
 
 class _Expmap0(torch.autograd.Function):
-    """exp_0 (projected), optionally after scaling and F.2 clipping (`scale` not None), with its
-    backward written out. The output is v times one per-row factor f(‖v‖, s, c) = clip · exp · fit,
-    so the backward is g·f plus ⟨g, v⟩ f'(‖v‖) v/‖v‖, and the chain of per-row scalars runs in
-    reverse here: autograd recorded about 30 ops a call, and this backward dispatches about 60
-    without recording any. Every clamp has its forward's derivative (0 where it binds), as under autograd,
-    and the gradient at v = 0 is s·I (`tests/geometry/test_poincare.py` gradchecks it in every
-    regime)."""
+    """exp_0 (projected), or exp_0 after scaling and F.2 clipping (`scale` not None), with its
+    backward written out. Both are v times one per-row factor f = tanh(u)/(√c‖v‖), u = √c × the
+    (clipped) tangent norm, and every derivative of f is one log-derivative h:
+      ∂ln f/∂ln‖v‖ = h − 1,   ∂ln f/∂ln s = h,   ∂ln f/∂ln c = (h − 1)/2,
+      h = q · u(1 − tanh²u)/tanh u,   q = ∂ln u/∂ln(√c s‖v‖) = 1, or ε/z = 1 − u where F.2 clips;
+    where the projection binds, ‖out‖ is the constant radius: h = 0. So with G = ⟨g, out⟩
+      ∂L/∂v = f g + G (h − 1) v/‖v‖²,   ∂L/∂s = G h / s,   ∂L/∂c = G (h − 1)/(2c):
+    about 25 ops a call where autograd recorded about 30 and dispatched about 60 in backward.
+    `tests/geometry/test_poincare.py` gradchecks it in every regime, and the gradient at v = 0 is s·I.
+
+    The clipped map needs no projection: F.2 keeps u < 1, so ‖out‖ = tanh(u)/√c < 0.762/√c, far
+    inside the projection radius (1 − 4e-3)/√c."""
 
     @staticmethod
     def forward(ctx, v: Tensor, c: Tensor, scale: Tensor | None) -> Tensor:
+        tiny = torch.finfo(v.dtype).tiny
         sqrt_c = c.sqrt()
         norm = _norm(v)  # (..., 1)
-        z = clip = None
-        tangent_norm = norm
-        if scale is not None:
-            z = sqrt_c * scale * norm + CLIP_EPS
-            clip = scale / z.clamp_min(1.0)  # s / max(1, √c‖s v‖ + ε)
-            tangent_norm = clip * norm
-        u = sqrt_c * tangent_norm
-        u_pos = u > 0
-        u_safe = torch.where(u_pos, u, 1.0)
-        tanh_u = torch.tanh(u_safe)
-        exp = torch.where(u_pos, tanh_u / u_safe, 1.0)  # exp_0 factor; the point's norm is exp · tangent_norm
-        max_norm = (1 - BALL_EPS) / sqrt_c
-        fit, fit_on, point_norm = _fit_terms(exp * tangent_norm, max_norm)  # the projection
-        factor = exp * fit if clip is None else clip * exp * fit
-        ctx.save_for_backward(v, c, scale, sqrt_c, norm, z, clip, tangent_norm, u_safe, tanh_u, exp, max_norm,
-                              point_norm, fit, factor)
-        ctx.masks = (None if z is None else z >= 1, u_pos, fit_on)
+        clip_on = fit_on = None
+        if scale is None:
+            u = sqrt_c * norm
+        else:
+            z = sqrt_c * scale * norm + CLIP_EPS  # √c‖s v‖ + ε_clip
+            clip_on = z >= 1
+            u = (z - CLIP_EPS) / z.clamp_min(1.0)  # √c · ‖s v‖ / max(1, z) < 1
+        u = u.clamp_min(tiny)  # tanh(tiny)/tiny = 1, the limit at v = 0, without a 0/0
+        tanh_u = torch.tanh(u)
+        exp = tanh_u / u  # tanh(u)/u ∈ (0, 1]
+        if scale is None:
+            max_norm = (1 - BALL_EPS) / sqrt_c
+            fit, fit_on, _ = _fit_terms(tanh_u / sqrt_c, max_norm)  # the projection of ‖out‖ = tanh(u)/√c
+            factor = exp * fit
+        else:
+            factor = exp * scale / z.clamp_min(1.0)  # tanh(u)/u · s / max(1, z)
+        ctx.save_for_backward(v, c, scale, norm, u, tanh_u, exp, factor)
+        ctx.masks = (clip_on, fit_on)
         return v * factor
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
-        (v, c, scale, sqrt_c, norm, z, clip, tangent_norm, u_safe, tanh_u, exp, max_norm, point_norm, fit,
-         factor) = ctx.saved_tensors
-        clip_on, u_pos, fit_on = ctx.masks
-        g_factor = (g * v).sum(-1, keepdim=True)
-        g_exp_fit = g_factor if clip is None else g_factor * clip  # ∂L/∂(exp · fit)
-        g_exp = g_exp_fit * fit
-        # fit = max_norm / ‖point‖ where it binds, ‖point‖ = exp · tangent_norm
-        k = torch.where(fit_on, g_exp_fit * exp / point_norm, 0.0)
-        g_point_norm = -k * fit
-        g_exp = g_exp + g_point_norm * tangent_norm
-        g_tangent_norm = g_point_norm * exp
-        # exp = tanh(u)/u, u = √c · tangent_norm
-        g_u = torch.where(u_pos, g_exp * (1 - tanh_u * tanh_u - exp) / u_safe, 0.0)
-        g_tangent_norm = g_tangent_norm + g_u * sqrt_c
-        g_sqrt_c = g_u * tangent_norm - k * max_norm / sqrt_c
-        g_norm, grad_c, grad_scale = g_tangent_norm, None, None
-        if clip is not None:
-            # tangent_norm = clip · ‖v‖, clip = s / z where z = √c s ‖v‖ + ε ≥ 1
-            g_clip = g_factor * exp * fit + g_tangent_norm * norm
-            z_fit = z.clamp_min(1.0)
-            g_z = torch.where(clip_on, -g_clip * clip / z_fit, 0.0)
-            g_norm = g_tangent_norm * clip + g_z * sqrt_c * scale
-            g_sqrt_c = g_sqrt_c + g_z * scale * norm
-            if ctx.needs_input_grad[2]:
-                grad_scale = g_clip / z_fit + g_z * sqrt_c * norm
-                grad_scale = grad_scale.sum_to_size(scale.shape)
-        tiny = torch.finfo(v.dtype).tiny
-        grad_v = factor * g + torch.where(norm > 0, g_norm / norm.clamp_min(tiny), 0.0) * v  # ‖v‖' = v/‖v‖, 0 at 0
+        v, c, scale, norm, u, tanh_u, exp, factor = ctx.saved_tensors
+        clip_on, fit_on = ctx.masks
+        big_g = (g * v).sum(-1, keepdim=True) * factor  # ⟨g, out⟩
+        h = (1 - tanh_u * tanh_u) / exp  # u(1 − tanh²u)/tanh u
+        if scale is None:
+            h = h.masked_fill(fit_on, 0.0)
+        else:
+            h = h * torch.where(clip_on, 1 - u, 1.0)  # q
+        h_minus_1 = h - 1
+        # G (h − 1)/‖v‖² is finite at v = 0: G = 0 there (the clamp only avoids 0/0)
+        radial = big_g * h_minus_1 / (norm * norm).clamp_min(torch.finfo(v.dtype).tiny)
+        grad_v = torch.addcmul(factor * g, radial, v)
+        grad_c = grad_scale = None
         if ctx.needs_input_grad[1]:
-            grad_c = g_sqrt_c / (2 * sqrt_c)
-            grad_c = grad_c.sum_to_size(c.shape)
+            grad_c = (big_g * h_minus_1 / (c + c)).sum_to_size(c.shape)
+        if scale is not None and ctx.needs_input_grad[2]:
+            grad_scale = (big_g * h / scale).sum_to_size(scale.shape)
         return grad_v, grad_c, grad_scale
 
 
@@ -466,9 +459,10 @@ def _gram_terms(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, ...]:
 
 
 class _RefinedPairwiseDist(torch.autograd.Function):
-    """`pairwise_dist` with its `refine` nearest columns from direct differences, the backward
-    written out: autograd's graph of the top-k, gather, exact recomputation and scatter costs more
-    than the matmuls at Geo-Sign's sizes (the attention's B × P × L scores).
+    """`pairwise_dist` with k columns per row from direct differences (the `refine` nearest, or the
+    given `exact` ones), the backward written out: autograd's graph of the top-k, gather, exact
+    recomputation and scatter costs more than the matmuls at Geo-Sign's sizes (the attention's
+    B × P × L scores, the contrastive loss's B × B logits).
 
     With G = ∂L/∂d · ∂d/∂δ, ∂d/∂δ = 1/(√c √(δ(1 + δ))) (0 at δ = 0, `_safe_sqrt`'s subgradient),
     g = 1 − c‖x‖², h = 1 − c‖y‖², A = G c/(g h) and R_i = Σ_j G_ij δ_ij / g_i:
@@ -478,26 +472,29 @@ class _RefinedPairwiseDist(torch.autograd.Function):
     from direct differences on the refined ones, where A ∝ 1/√δ is large and the matmul form
     would cancel.
 
-    (x (..., N, D), y (..., M, D), c, refine ≥ 1) → d (..., N, M). The backward reuses the
-    forward's norms, gaps, δ and direct differences.
+    (x (..., N, D), y (..., M, D), c, refine ≥ 1 or exact (..., N, k)) → d (..., N, M). The
+    backward reuses the forward's norms, gaps, δ and direct differences.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, c: Tensor, refine: int) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, c: Tensor, refine: int, exact: Tensor | None) -> Tensor:
         x2, y2, gx, gy, d2_raw, scale = _gram_terms(x, y, c)
         scale = scale.expand(d2_raw.shape)  # (..., N, M), for the gather below
         delta = d2_raw.clamp_min(0) * scale
-        nearest = delta.topk(min(refine, y.shape[-2]), dim=-1, largest=False).indices  # (..., N, k)
-        diff = x.unsqueeze(-2) - _rows(y, nearest)  # (..., N, k, D): x_i − y_j, no cancellation
-        delta = delta.scatter(-1, nearest, _sqnorm(diff).squeeze(-1) * scale.gather(-1, nearest))
+        if exact is None:
+            columns = delta.topk(min(refine, y.shape[-2]), dim=-1, largest=False).indices  # (..., N, k)
+        else:
+            columns = exact.expand(*d2_raw.shape[:-1], exact.shape[-1])  # (..., N, k)
+        diff = x.unsqueeze(-2) - _rows(y, columns)  # (..., N, k, D): x_i − y_j, no cancellation
+        delta = delta.scatter(-1, columns, _sqnorm(diff).squeeze(-1) * scale.gather(-1, columns))
         d = _dist_from_delta(delta, c)
-        ctx.save_for_backward(x, y, c, x2, y2, gx, gy, scale, d, delta, d2_raw > 0, nearest, diff)
+        ctx.save_for_backward(x, y, c, x2, y2, gx, gy, scale, d, delta, d2_raw > 0, columns, diff)
         return d
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, y, c, x2, y2, gx, gy, scale, d, delta, gram_kept, nearest, diff = ctx.saved_tensors
+        x, y, c, x2, y2, gx, gy, scale, d, delta, gram_kept, columns, diff = ctx.saved_tensors
         pos = delta > 0
         big_g = grad * torch.where(pos, torch.rsqrt(torch.where(pos, delta * (1 + delta), 1.0)) / c.sqrt(), 0.0)
         a = big_g * scale  # ∂L/∂‖x_i − y_j‖²
@@ -505,8 +502,8 @@ class _RefinedPairwiseDist(torch.autograd.Function):
         # R terms, zero where the gap was floored (the floor has no derivative)
         rx = g_delta.sum(-1, keepdim=True) / gx * (1 - c * x2 > _gap_floor(x2))  # (..., N, 1)
         ry = g_delta.sum(-2, keepdim=True) / gy * (1 - c * y2 > _gap_floor(y2))  # (..., 1, M)
-        near_a = a.gather(-1, nearest).unsqueeze(-1)  # (..., N, k, 1)
-        gram_a = (a * gram_kept).scatter(-1, nearest, 0.0)  # Gram entries only, past their clamp_min(0)
+        near_a = a.gather(-1, columns).unsqueeze(-1)  # (..., N, k, 1)
+        gram_a = (a * gram_kept).scatter(-1, columns, 0.0)  # Gram entries only, past their clamp_min(0)
         grad_x = grad_y = grad_c = None
         if ctx.needs_input_grad[0]:
             grad_x = 2 * (x * (gram_a.sum(-1, keepdim=True) + c * rx) - _matmul(gram_a, y) + (near_a * diff).sum(-2))
@@ -515,17 +512,17 @@ class _RefinedPairwiseDist(torch.autograd.Function):
             grad_y = 2 * (y * (gram_a.sum(-2, keepdim=True) + c * ry).transpose(-1, -2) - _matmul(gram_a.transpose(-1, -2), x))
             m, dim = y.shape[-2:]
             near = torch.zeros(grad_y.numel() // dim, dim, dtype=y.dtype, device=y.device)
-            near = near.index_add(0, _flat_index(nearest, m).reshape(-1), (-2 * near_a * diff).reshape(-1, dim))
+            near = near.index_add(0, _flat_index(columns, m).reshape(-1), (-2 * near_a * diff).reshape(-1, dim))
             grad_y = (grad_y + near.view(grad_y.shape)).sum_to_size(y.shape)
         if ctx.needs_input_grad[2]:
             grad_c = (g_delta / c - grad * d / (2 * c)).sum((-2, -1), keepdim=True) \
                 + (rx * x2).sum(-2, keepdim=True) + (ry * y2).sum(-1, keepdim=True)
             grad_c = grad_c.sum_to_size(c.shape)
-        return grad_x, grad_y, grad_c, None
+        return grad_x, grad_y, grad_c, None, None
 
 
 @full_precision
-def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1) -> Tensor:
+def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1, exact: Tensor | None = None) -> Tensor:
     """All-pairs distances (..., N, D) × (..., M, D) → (..., N, M) without an N×M×D tensor.
 
     ‖x_i − y_j‖² comes from the Gram identity ‖x‖² + ‖y‖² − 2⟨x, y⟩, which cancels
@@ -533,11 +530,19 @@ def pairwise_dist(x: Tensor, y: Tensor, c: Tensor, refine: int = 1) -> Tensor:
     2e-4 apart, `tests/geometry/test_poincare.py`).
     So for each row the `refine` nearest columns are recomputed from direct differences
     (a fixed-size gather: no data-dependent shapes; the backward is written out,
-    `_RefinedPairwiseDist`). `c` must broadcast against (..., 1, 1).
+    `_RefinedPairwiseDist`). A caller that knows which pairs must be exact (a contrastive loss's
+    positives) passes their column indices `exact` (..., N, k) (int64, distinct in each row,
+    broadcasting against the batch dims) instead: no top-k, and `refine` is ignored. `c` must
+    broadcast against (..., 1, 1).
     """
     if x.shape[-1] != y.shape[-1]:
         raise ValueError(f"pairwise_dist: feature dims differ, x {tuple(x.shape)} vs y {tuple(y.shape)}")
+    if exact is not None:
+        if exact.dtype != torch.int64 or exact.ndim < 2 or exact.shape[-2] not in (1, x.shape[-2]):
+            raise ValueError(f"pairwise_dist: exact must be int64 column indices (..., {x.shape[-2]}, k), "
+                             f"got {exact.dtype} {tuple(exact.shape)}")
+        return _RefinedPairwiseDist.apply(x, y, c, 0, exact)
     if min(refine, y.shape[-2]) <= 0:
         *_, d2_raw, scale = _gram_terms(x, y, c)
         return _dist_from_delta(d2_raw.clamp_min(0) * scale, c)
-    return _RefinedPairwiseDist.apply(x, y, c, refine)
+    return _RefinedPairwiseDist.apply(x, y, c, refine, None)

@@ -125,6 +125,26 @@ def test_pairwise_matches_broadcast_and_keeps_near_duplicates_accurate():
     assert ((raw.double() - truth).abs()[near] / truth[near]).max() > 1e-2
 
 
+def test_pairwise_exact_columns_are_the_given_ones():
+    """`exact=` (a contrastive loss's positives): those columns come from direct differences even
+    when they are not a row's nearest, the rest from the Gram form; gradients gradchecked."""
+    c = 1.5
+    x = ref.ball_points(6, 32, c, 0.95, seed=21)
+    twins = project(x + 1e-4 * torch.randn(6, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(22)), c)
+    y = torch.cat([twins, x[:2] + 1e-6])  # row i's column i is a near-duplicate; rows 0, 1 have a nearer one
+    truth = ref.dist(x[:, None], y[None], c)  # (6, 8)
+    cols = torch.arange(6)[:, None]  # (6, 1): the twins
+    ours = pairwise_dist(x.float(), y.float(), c, exact=cols).double()
+    rel = (ours - truth).abs() / truth
+    assert rel.diagonal().max() < 1e-3  # exact where asked, though rows 0, 1 have nearer columns
+    assert rel[0, 6] > 1e-2 and rel[1, 7] > 1e-2  # ... which stay in the cancelling Gram form
+    torch.testing.assert_close(ours[:, :6].diagonal(), dist(x.float(), twins.float(), c).double())
+    leaves = [t[:4, :4].clone().requires_grad_() for t in (x, twins)] + [torch.tensor(c, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda a, b, k: pairwise_dist(a, b, k, exact=torch.tensor([[1], [0], [3], [2]])), leaves)
+    with pytest.raises(ValueError, match="exact must be int64"):
+        pairwise_dist(x, y, c, exact=cols.int())
+
+
 def test_pairwise_batched_and_curvature_broadcast():
     c = torch.tensor([[[0.5]], [[2.0]]])  # (2, 1, 1): one curvature per batch element
     x = ref.ball_points(10, 8, 2.0, 0.9, seed=1).view(2, 5, 8)
