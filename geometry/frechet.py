@@ -140,30 +140,31 @@ def weighted_midpoints(w: Tensor, x: Tensor, c: Tensor) -> Tensor:
     return _WeightedMidpoints.apply(w, x, c)
 
 
-# asinh(r)/r = Σ_n ASINHC[n]·δⁿ with δ = r² (Taylor coefficients of asinh). Below ASINHC_SERIES the
-# five terms are exact to 7e-9 (the next one, 63/2816·δ⁵), under float32's half-ulp of 1, and they
-# keep value and derivative finite as δ → 0, where asinh(r)/r's own backward overflows (~1/r²).
-ASINHC = (1.0, -1 / 6, 3 / 40, -5 / 112, 35 / 1152)
-ASINHC_SERIES = 0.05
+# φ(δ) = asinh(√δ)/√(δ(1 + δ)) = ₂F₁(1, 1; 3/2; −δ) = Σ_n PHI[n]·δⁿ, PHI[n] = (−4)ⁿ(n!)²/(2n + 1)!.
+# Below PHI_SERIES five terms of φ are exact to 9e-9 (the next, 256/693·δ⁵) and five of φ' to 8e-8
+# (the next, 6·1024/3003·δ⁵), about float32's half-ulp, and both stay finite as δ → 0, where the
+# closed form is 0/0. Just above it the closed-form φ' cancels to ≤ 5e-6 relative error (float32,
+# measured against float64), which only moves Newton's Jacobian and the implicit gradient as much
+PHI = (1.0, -2 / 3, 8 / 15, -16 / 35, 128 / 315, -256 / 693)
+PHI_SERIES = 0.03
 # largest entry of J^(2^K) at which the Neumann series counts as converged: the Lou step contracts
 # (~0.45 per step on clipped inputs, so J^32 ~ 1e-11); 1e-3 only rejects series that did not
 NEUMANN_TOL = 1e-3
 
 
-def _asinhc_sq(delta: Tensor, derivative: bool = False) -> tuple[Tensor, Tensor | None]:
-    """a(δ) = asinh(√δ)/√δ for δ ≥ 0 (and a'(δ) if asked), smooth through δ = 0."""
-    small = delta < ASINHC_SERIES
-    ds = torch.where(small, delta, 0.0)  # each branch sees only inputs where it is finite
-    dd = torch.where(small, ASINHC_SERIES, delta)
-    r = dd.sqrt()
-    direct = torch.asinh(r) / r
-    series = (((ASINHC[4] * ds + ASINHC[3]) * ds + ASINHC[2]) * ds + ASINHC[1]) * ds + ASINHC[0]
-    a = torch.where(small, series, direct)
-    if not derivative:
-        return a, None
-    series_d = ((4 * ASINHC[4] * ds + 3 * ASINHC[3]) * ds + 2 * ASINHC[2]) * ds + ASINHC[1]
-    direct_d = (torch.rsqrt(1 + dd) - direct) / (2 * dd)  # d/dδ asinh(√δ)/√δ, cancels only below the series bound
-    return a, torch.where(small, series_d, direct_d)
+def _phi(delta: Tensor) -> tuple[Tensor, Tensor]:
+    """φ(δ) = asinh(√δ)/√(δ(1 + δ)) and φ'(δ) = (1 − φ·(1 + 2δ)) / (2δ(1 + δ)) for δ ≥ 0, each
+    from its series below PHI_SERIES and its closed form above."""
+    small = delta < PHI_SERIES
+    ds = delta.clamp_max(PHI_SERIES)  # each branch sees only inputs where it is accurate
+    dd = delta.clamp_min(PHI_SERIES)
+    one_dd = 1 + dd
+    dd_one_dd = dd * one_dd
+    direct = torch.asinh(dd.sqrt()) * torch.rsqrt(dd_one_dd)
+    direct_d = (1 - direct * (one_dd + dd)) / (dd_one_dd + dd_one_dd)
+    series = (((PHI[4] * ds + PHI[3]) * ds + PHI[2]) * ds + PHI[1]) * ds + PHI[0]
+    series_d = (((5 * PHI[5] * ds + 4 * PHI[4]) * ds + 3 * PHI[3]) * ds + 2 * PHI[2]) * ds + PHI[1]
+    return torch.where(small, series, direct), torch.where(small, series_d, direct_d)
 
 
 class _LouTerms(NamedTuple):
@@ -176,8 +177,8 @@ class _LouTerms(NamedTuple):
     xmu2_raw: Tensor  # ‖x_i − μ‖² in the Gram form, before its clamp at 0
     gap_mu: Tensor  # 1 − c‖μ‖², floored
     delta: Tensor  # δ_i = c‖x_i − μ‖² / ((1 − c‖x_i‖²)(1 − c‖μ‖²))
-    phi: Tensor  # φ(δ) = asinhc(√δ)/√(1 + δ)
-    d_phi: Tensor | None  # φ'(δ), when asked for
+    phi: Tensor  # φ(δ) = asinh(√δ)/√(δ(1 + δ))
+    d_phi: Tensor  # φ'(δ)
     alpha: Tensor
     big_a: Tensor  # A = Σ α_i (1 + c‖x_i‖²)
     g_alpha: Tensor  # G α
@@ -189,11 +190,11 @@ class _LouTerms(NamedTuple):
 
 
 def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
-               c: Tensor, derivative: bool = False) -> _LouTerms:
+               c: Tensor) -> _LouTerms:
     """One closed-form ball update of Lou et al. (2020) for curvature −c, on coefficients β of
     μ = Σ β_i x_i (so everything is a function of the N × N Gram matrix).
 
-    α_i = w_i g(δ_i) / (1 − c‖x_i‖²) with g(y) = 2 arcosh(1 + 2y)/√(y² + y) = 4 asinhc(√y)/√(1 + y),
+    α_i = w_i g(δ_i) / (1 − c‖x_i‖²) with g(y) = 2 arcosh(1 + 2y)/√(y² + y) = 4φ(y) (`_phi`),
     then μ ← η b with b = Σ α_i x_i, i.e. β ← η α, and η = 2 / (A + √(A² − 4c‖b‖²)),
     A = Σ α_i (1 + c‖x_i‖²) (Lou's quadratic root, rationalised so it stays exact as b → 0).
     ηα is invariant to rescaling α, so g's constant 4 is dropped. g is smooth in δ, so the Gram
@@ -210,10 +211,7 @@ def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap
     xmu2_raw = x2 - 2 * g_beta + mu2  # rounding can dip below 0
     gap_mu = _gap(mu2, c)
     delta = c * xmu2_raw.clamp_min(0) / (gap_x * gap_mu)
-    a, a_d = _asinhc_sq(delta, derivative)
-    inv_sqrt = torch.rsqrt(1 + delta)
-    phi = a * inv_sqrt
-    d_phi = None if a_d is None else (a_d - a / (2 * (1 + delta))) * inv_sqrt
+    phi, d_phi = _phi(delta)
     alpha = w_over_gap * phi
     big_a = (alpha * lorentz_x).sum(-2, keepdim=True)
     g_alpha = _matmul(gram, alpha)
@@ -230,7 +228,7 @@ def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap
 
 def _lou_jacobian(t: _LouTerms, gram: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
                   c: Tensor) -> Tensor:
-    """J = ∂β_new/∂β (..., N, N) of the step `t` (taken with derivative=True), forward mode through
+    """J = ∂β_new/∂β (..., N, N) of the step `t`, forward mode through
     the same chain; rows i (the output), columns j (∂/∂β_j)."""
     d_mu2 = 2 * t.g_beta.transpose(-1, -2)  # (..., 1, N): ∂‖μ‖²/∂β_j = 2⟨x_j, μ⟩
     d_xmu2 = (d_mu2 - 2 * gram) * (t.xmu2_raw > 0)  # (..., N, N)
@@ -247,7 +245,7 @@ def _lou_jacobian(t: _LouTerms, gram: Tensor, gap_x: Tensor, w_over_gap: Tensor,
 
 def _lou_vjp(t: _LouTerms, v: Tensor, beta: Tensor, x: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor,
              w_over_gap: Tensor, lorentz_x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """v ↦ (∂β_new/∂x)ᵀ v, (∂β_new/∂w)ᵀ v, (∂β_new/∂c)ᵀ v for the step `t` (derivative=True) taken at
+    """v ↦ (∂β_new/∂x)ᵀ v, (∂β_new/∂w)ᵀ v, (∂β_new/∂c)ᵀ v for the step `t` taken at
     the fixed β: reverse mode through `_lou_terms` and the step-invariant terms of `_problem`.
     Each reduction sums to the shape its forward broadcast from (`sum_to_size`), so per-problem
     and per-point curvature layouts both come out right; ∂/∂w has w's (..., N, 1) shape."""
@@ -302,6 +300,12 @@ def _problem(x: Tensor, w: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, ...
     return beta / (1 + _safe_sqrt(1 - c * m2)), (gram, x2, gap, w_over_gap, lorentz_x, c)
 
 
+def _all_finite(t: Tensor) -> Tensor:
+    """Whether each column of t (..., N, 1) is finite: x − x is 0 only for finite x, two ops
+    where isfinite takes four."""
+    return (t - t == 0).all(-2, keepdim=True)
+
+
 def _newton_steps(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
                   c: Tensor, steps: int) -> tuple[Tensor, Tensor | None]:
     """`steps` graph-free Newton steps on β = F(β) (F = the Lou step): β ← β + (I − J)⁻¹ (F(β) − β),
@@ -312,11 +316,11 @@ def _newton_steps(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_
     eye = torch.eye(beta.shape[-2], dtype=beta.dtype, device=beta.device)
     jac = None
     for _ in range(steps):
-        t = _lou_terms(beta, gram, x2, gap_x, w_over_gap, lorentz_x, c, derivative=True)
+        t = _lou_terms(beta, gram, x2, gap_x, w_over_gap, lorentz_x, c)
         jac = _lou_jacobian(t, gram, gap_x, w_over_gap, lorentz_x, c)
-        delta, info = torch.linalg.solve_ex(eye - jac, t.new - beta)
-        ok = (info == 0).unsqueeze(-1).unsqueeze(-1) & delta.isfinite().all(-2, keepdim=True)
-        beta = torch.where(ok, beta + delta, t.new)
+        delta, _ = torch.linalg.solve_ex(eye - jac, t.new - beta)
+        # a singular I − J leaves a zero pivot, hence inf or NaN, in the solution: no need for `info`
+        beta = torch.where(_all_finite(delta), beta + delta, t.new)
     return beta, jac
 
 
@@ -332,7 +336,7 @@ def _neumann_solve(jac: Tensor, g: Tensor, squarings: int) -> Tensor:
     for _ in range(squarings):  # (I + Jᵀ)(I + J²ᵀ)(I + J⁴ᵀ)… g
         total = torch.baddbmm(total, power, total)
         power = torch.bmm(power, power)
-    converged = (power.abs().amax((-2, -1), keepdim=True) < NEUMANN_TOL) & total.isfinite().all(-2, keepdim=True)
+    converged = (power.abs().amax((-2, -1), keepdim=True) < NEUMANN_TOL) & _all_finite(total)
     return torch.where(converged, total, flat).view(g.shape)
 
 
@@ -347,7 +351,7 @@ class _ImplicitFrechet(torch.autograd.Function):
     def forward(ctx, x: Tensor, w: Tensor, c: Tensor, iters: int) -> Tensor:
         beta, problem = _problem(x, w, c)
         beta, jac = _newton_steps(beta, *problem, iters)
-        t = _lou_terms(beta, *problem, derivative=True)
+        t = _lou_terms(beta, *problem)
         ctx.save_for_backward(x, w, c, beta, jac, *problem[:-1], *t)
         return t.new
 

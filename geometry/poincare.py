@@ -76,9 +76,10 @@ def _gap_floor(t: Tensor) -> float:
 
 
 def _safe_sqrt(t: Tensor) -> Tensor:
-    """sqrt with value 0 and gradient 0 at t ≤ 0 (the subgradient of ‖·‖ at the origin)."""
-    pos = t > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, t, torch.ones_like(t))), torch.zeros_like(t))
+    """sqrt with value 0 and gradient 0 at t ≤ 0 (the subgradient of ‖·‖ at the origin). The clamp
+    keeps the unselected branch's derivative finite (1/(2√tiny), which `where` then zeroes), where
+    sqrt'(0) = inf would turn into NaN."""
+    return torch.where(t > 0, t.clamp_min(torch.finfo(t.dtype).tiny).sqrt(), 0.0)
 
 
 def _ratio_at_zero_one(f: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from geometry import (clip_tangent, dist, dist0, expmap0, frechet_mean, frechet_weights, mobius_add,
                       weighted_midpoint, weighted_midpoints)
 
+from geometry.frechet import PHI_SERIES, _phi
 from geometry.poincare import BALL_EPS
 
 from . import reference as ref
@@ -20,6 +21,22 @@ def _parts(c: float, batch: int = 16, parts: int = 4, dim: int = 32, seed: int =
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(batch, parts, dim, generator=g) * scale / dim ** 0.5 / c ** 0.5
     return expmap0(clip_tangent(v, c), c)
+
+
+def test_lou_weight_phi_and_its_derivative_match_float64():
+    """φ(δ) = asinh(√δ)/√(δ(1 + δ)), the Lou step's weight, and φ' in float32: series below
+    PHI_SERIES, closed form above, both accurate across the switch and finite at δ = 0."""
+    delta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-10, 1.3, 4000, dtype=torch.float64),
+                       PHI_SERIES + torch.linspace(-1e-3, 1e-3, 101, dtype=torch.float64)])
+    r, q = delta.sqrt(), (1 + delta).sqrt()
+    tiny = delta < 1e-4  # float64's own closed forms cancel there: their Taylor series instead
+    truth = torch.where(tiny, 1 - 2 / 3 * delta + 8 / 15 * delta ** 2, torch.asinh(r) / (r * q))
+    truth_d = torch.where(tiny, -2 / 3 + 16 / 15 * delta - 48 / 35 * delta ** 2,
+                          (1 - truth * (1 + 2 * delta)) / (2 * delta * (1 + delta)))
+    phi, d_phi = _phi(delta.float())
+    assert phi[0] == 1 and d_phi[0] == pytest.approx(-2 / 3)
+    assert ((phi.double() - truth).abs() / truth).max() < 1e-6
+    assert ((d_phi.double() - truth_d).abs() / truth_d.abs()).max() < 1e-5
 
 
 def _riemannian_grad_norm(mu: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c: float) -> torch.Tensor:
