@@ -194,7 +194,9 @@ class HyperbolicContrastiveLoss(nn.Module):
             # +m on every negative logit is −m on the positive one: a row's softmax sees only differences
             positive = torch.zeros_like(d).scatter_(-1, labels, 1.0)
             logits = -(d / tau.to(d.dtype) + margin.to(d.dtype) * positive)  # (..., B, M)
+            # cross-entropy against the label-smoothed target (1 − ε)·onehot + ε/M, as F.cross_entropy's
+            # label_smoothing, from the one-hot already at hand (its own smoothing is twice the ops);
             # equal B per group, so the mean over all rows is the mean of the per-group losses
-            loss = F.cross_entropy(logits.reshape(-1, d.shape[-1]), labels.reshape(-1),
-                                   label_smoothing=self.label_smoothing)
+            target = positive * (1 - self.label_smoothing) + self.label_smoothing / d.shape[-1]
+            loss = -(torch.log_softmax(logits, dim=-1) * target).sum(-1).mean()
         return loss, logs

@@ -496,13 +496,13 @@ class _RefinedPairwiseDist(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, y, c, x2, y2, gx, gy, scale, d, delta, gram_kept, columns, diff = ctx.saved_tensors
-        pos = delta > 0
-        big_g = grad * torch.where(pos, torch.rsqrt(torch.where(pos, delta * (1 + delta), 1.0)) / c.sqrt(), 0.0)
+        dd = torch.addcmul(delta, delta, delta)  # δ(1 + δ); the clamp keeps the unselected rsqrt finite
+        big_g = grad * torch.where(dd > 0, dd.clamp_min(torch.finfo(dd.dtype).tiny).rsqrt(), 0.0) / c.sqrt()
         a = big_g * scale  # ∂L/∂‖x_i − y_j‖²
         g_delta = big_g * delta
         # R terms, zero where the gap was floored (the floor has no derivative)
-        rx = g_delta.sum(-1, keepdim=True) / gx * (1 - c * x2 > _gap_floor(x2))  # (..., N, 1)
-        ry = g_delta.sum(-2, keepdim=True) / gy * (1 - c * y2 > _gap_floor(y2))  # (..., 1, M)
+        rx = g_delta.sum(-1, keepdim=True) / gx * (gx > _gap_floor(gx))  # (..., N, 1)
+        ry = g_delta.sum(-2, keepdim=True) / gy * (gy > _gap_floor(gy))  # (..., 1, M)
         near_a = a.gather(-1, columns).unsqueeze(-1)  # (..., N, k, 1)
         gram_a = (a * gram_kept).scatter(-1, columns, 0.0)  # Gram entries only, past their clamp_min(0)
         grad_x = grad_y = grad_c = None
@@ -516,7 +516,7 @@ class _RefinedPairwiseDist(torch.autograd.Function):
             near = near.index_add(0, _flat_index(columns, m).reshape(-1), (-2 * near_a * diff).reshape(-1, dim))
             grad_y = (grad_y + near.view(grad_y.shape)).sum_to_size(y.shape)
         if ctx.needs_input_grad[2]:
-            grad_c = (g_delta / c - grad * d / (2 * c)).sum((-2, -1), keepdim=True) \
+            grad_c = torch.addcmul(g_delta, grad, d, value=-0.5).sum((-2, -1), keepdim=True) / c \
                 + (rx * x2).sum(-2, keepdim=True) + (ry * y2).sum(-1, keepdim=True)
             grad_c = grad_c.sum_to_size(c.shape)
         return grad_x, grad_y, grad_c, None, None
