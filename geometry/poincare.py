@@ -432,8 +432,8 @@ def dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
 @full_precision
 def dist0(x: Tensor, c: Tensor) -> Tensor:
     """Distance to the origin (2/√c) artanh(√c‖x‖), (...,)."""
-    u = (c.sqrt() * _norm(x)).clamp_max(1 - _gap_floor(x))
-    return (2 / c.sqrt() * torch.atanh(u)).squeeze(-1)
+    sqrt_c = c.sqrt()
+    return (2 * torch.atanh((sqrt_c * _norm(x)).clamp_max(1 - _gap_floor(x))) / sqrt_c).squeeze(-1)
 
 
 def _flat_index(idx: Tensor, m: int) -> Tensor:
