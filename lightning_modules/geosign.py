@@ -152,7 +152,7 @@ class GeoSignTranslator(LightningModule):
             loss_hyp, hyp_logs = self.hyperbolic(part_features, batch["frame_mask"], out.decoder_hidden,
                                                  batch["target_mask"], diagnostics=diagnostics)
             alpha = self.blend(self.progress())
-            loss = alpha * out.loss + (1 - alpha) * loss_hyp
+            loss = torch.lerp(loss_hyp, out.loss, alpha)  # α·L_CE + (1 − α)·L_hyp (Eq. 9) in one op
             if diagnostics:
                 logs |= {"train/loss_hyp": loss_hyp, "hyp/alpha": alpha} | {f"hyp/{k}": v for k, v in hyp_logs.items()}
         logs["train/loss"] = loss

@@ -202,3 +202,7 @@ def test_branch_diagnostics_are_logged_on_the_loggers_steps_only(tmp_path, monke
     rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "hyp/curvature" in rows[0]  # header + steps 2 and 5, every column filled
     assert all(cell != "" for row in rows[1:] for cell in row.split(","))
+    for row in rows[1:]:  # the objective is the α blend of Eq. 9
+        v = {k: float(x) for k, x in zip(rows[0].split(","), row.split(","))}
+        blend = v["hyp/alpha"] * v["train/loss_ce"] + (1 - v["hyp/alpha"]) * v["train/loss_hyp"]
+        assert v["train/loss"] == pytest.approx(blend, rel=1e-5)
