@@ -75,13 +75,15 @@ class HyperbolicProjection(nn.Module):
         v = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))  # (G, N, dim_out)
         return v.reshape(*x.shape[:-1], -1)
 
-    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None = None, with_dist0: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Points (..., dim_out); with `with_dist0` also their distances to the origin (...,),
+        exact from the clipped tangent (`clipped_expmap0`)."""
         v = self.linear(x)  # in the caller's autocast dtype
         c = self.curvature() if c is None else c
         scale = self.log_scale.exp()
         if self.groups is not None:
             scale = scale.view(-1, *[1] * (v.ndim - 1))  # (G, 1, ..., 1)
-        return clipped_expmap0(v, c, scale)
+        return clipped_expmap0(v, c, scale, with_dist0=with_dist0)
 
 
 class HyperbolicAttention(nn.Module):

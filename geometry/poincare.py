@@ -141,7 +141,7 @@ def _project(x: Tensor, c: Tensor) -> Tensor:
 
 
 def _expmap0(v: Tensor, c: Tensor) -> Tensor:
-    return _Expmap0.apply(v, c, None)  # _project(v · tanhc(√c‖v‖), c), its backward written out
+    return _Expmap0.apply(v, c, None, False)  # _project(v · tanhc(√c‖v‖), c), its backward written out
 
 
 def _logmap0(x: Tensor, c: Tensor) -> Tensor:
@@ -200,10 +200,13 @@ class _Expmap0(torch.autograd.Function):
     `tests/geometry/test_poincare.py` gradchecks it in every regime, and the gradient at v = 0 is s·I.
 
     The clipped map needs no projection: F.2 keeps u < 1, so ‖out‖ = tanh(u)/√c < 0.762/√c, far
-    inside the projection radius (1 − 4e-3)/√c."""
+    inside the projection radius (1 − 4e-3)/√c. Hence its distance to the origin is exactly
+    d(0, out) = 2u/√c, which `with_dist0` returns as a second output (..., 1): its own
+    log-derivatives are q, q and (q − 1)/2, so with D = ∂L/∂d0 · d0 and A = G h + D q,
+      ∂L/∂ln‖v‖ = A − G,   ∂L/∂ln s = A,   ∂L/∂ln c = (A − G − D)/2."""
 
     @staticmethod
-    def forward(ctx, v: Tensor, c: Tensor, scale: Tensor | None) -> Tensor:
+    def forward(ctx, v: Tensor, c: Tensor, scale: Tensor | None, with_dist0: bool = False):
         tiny = torch.finfo(v.dtype).tiny
         sqrt_c = c.sqrt()
         norm = _norm(v)  # (..., 1)
@@ -223,42 +226,55 @@ class _Expmap0(torch.autograd.Function):
             factor = exp * fit
         else:
             factor = exp * scale / z.clamp_min(1.0)  # tanh(u)/u · s / max(1, z)
-        ctx.save_for_backward(v, c, scale, norm, u, tanh_u, exp, factor)
+        dist0 = 2 * u / sqrt_c if with_dist0 else None
+        ctx.save_for_backward(v, c, scale, norm, u, tanh_u, exp, factor, dist0)
         ctx.masks = (clip_on, fit_on)
-        return v * factor
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        return (v * factor, dist0) if with_dist0 else v * factor
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: Tensor):
-        v, c, scale, norm, u, tanh_u, exp, factor = ctx.saved_tensors
+    def backward(ctx, g: Tensor | None, g_dist0: Tensor | None = None):
+        v, c, scale, norm, u, tanh_u, exp, factor, dist0 = ctx.saved_tensors
         clip_on, fit_on = ctx.masks
-        big_g = (g * v).sum(-1, keepdim=True) * factor  # ⟨g, out⟩
         h = (1 - tanh_u * tanh_u) / exp  # u(1 − tanh²u)/tanh u
         if scale is None:
-            h = h.masked_fill(fit_on, 0.0)
+            q, h = 1.0, h.masked_fill(fit_on, 0.0)
         else:
-            h = h * torch.where(clip_on, 1 - u, 1.0)  # q
-        h_minus_1 = h - 1
-        # G (h − 1)/‖v‖² is finite at v = 0: G = 0 there (the clamp only avoids 0/0)
-        radial = big_g * h_minus_1 / (norm * norm).clamp_min(torch.finfo(v.dtype).tiny)
-        grad_v = torch.addcmul(factor * g, radial, v)
+            q = torch.where(clip_on, 1 - u, 1.0)  # ∂ln u/∂ln(√c s‖v‖)
+            h = h * q
+        big_g = 0.0 if g is None else (g * v).sum(-1, keepdim=True) * factor  # G = ⟨g, out⟩
+        big_a = big_g * h
+        big_d = 0.0
+        if g_dist0 is not None:
+            big_d = g_dist0 * dist0
+            big_a = big_a + big_d * q
+        # (A − G)/‖v‖² is finite at v = 0: A = G = 0 there (the clamp only avoids 0/0)
+        radial = (big_a - big_g) / (norm * norm).clamp_min(torch.finfo(v.dtype).tiny)
+        grad_v = radial * v if g is None else torch.addcmul(factor * g, radial, v)
         grad_c = grad_scale = None
         if ctx.needs_input_grad[1]:
-            grad_c = (big_g * h_minus_1 / (c + c)).sum_to_size(c.shape)
+            grad_c = ((big_a - big_g - big_d) / (c + c)).sum_to_size(c.shape)
         if scale is not None and ctx.needs_input_grad[2]:
-            grad_scale = (big_g * h / scale).sum_to_size(scale.shape)
-        return grad_v, grad_c, grad_scale
+            grad_scale = (big_a / scale).sum_to_size(scale.shape)
+        return grad_v, grad_c, grad_scale, None
 
 
 @full_precision
-def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor) -> Tensor:
+def clipped_expmap0(v: Tensor, c: Tensor, scale: Tensor, with_dist0: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """expmap0(clip_tangent(scale · v)) (supplement Eq. 2 with F.2 clipping) as one radial
     rescaling of v: scaling, clipping, exp_0 and projection each multiply v by a function of
     ‖v‖, so only ‖v‖ and one final product touch the (..., D) values. `scale` broadcasts
-    against v[..., :1]. The backward is written out (`_Expmap0`)."""
+    against v[..., :1]. The backward is written out (`_Expmap0`).
+
+    `with_dist0=True` also returns each point's distance to the origin (...,): twice the clipped
+    tangent's norm, exact, with none of `dist0`'s artanh and its backward."""
     if not isinstance(scale, Tensor):
         scale = torch.as_tensor(scale, dtype=v.dtype, device=v.device)
-    return _Expmap0.apply(v, c, scale)
+    if not with_dist0:
+        return _Expmap0.apply(v, c, scale, False)
+    points, d0 = _Expmap0.apply(v, c, scale, True)
+    return points, d0.squeeze(-1)
 
 
 @full_precision

@@ -14,9 +14,7 @@ from geometry import (
     HyperbolicAttention,
     HyperbolicContrastiveLoss,
     HyperbolicProjection,
-    dist0,
     frechet_mean,
-    frechet_weights,
 )
 
 MODES = ("pooled", "token")
@@ -62,6 +60,8 @@ class HyperbolicBranch(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"hyperbolic mode must be one of {MODES} (or null for the baseline), got {mode!r}")
+        if frechet_temperature <= 0:
+            raise ValueError(f"frechet_temperature (λ_w, Eq. 4) must be > 0, got {frechet_temperature}")
         self.mode = mode
         self.frechet_temperature = frechet_temperature
         self.frechet_iters = frechet_iters
@@ -80,14 +80,19 @@ class HyperbolicBranch(nn.Module):
         parts = torch.stack([part_features[p] for p in PART_NAMES], dim=1)  # (B, P, T, part_dim)
         return masked_mean(parts, frame_mask[:, None])
 
-    def project_parts(self, pooled: Tensor, c: Tensor | None = None) -> Tensor:
+    def project_parts(self, pooled: Tensor, c: Tensor | None = None,
+                      with_dist0: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """h_p = HyperbolicProjection_p(pooled part p): (B, P, part_dim) -> (B, P, hyp_dim), all
-        parts in one grouped pass."""
-        return self.part_proj(pooled.transpose(0, 1), c).transpose(0, 1)
+        parts in one grouped pass; with `with_dist0` also d(0, h_p) (B, P)."""
+        out = self.part_proj(pooled.transpose(0, 1), c, with_dist0=with_dist0)
+        if not with_dist0:
+            return out.transpose(0, 1)
+        return out[0].transpose(0, 1), out[1].transpose(0, 1)
 
-    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor, c: Tensor | None = None) -> Tensor:
-        """(B, P, hyp_dim) points of the parts in the ball."""
-        return self.project_parts(self.pool_parts(part_features, frame_mask), c)
+    def part_embeddings(self, part_features: dict[str, Tensor], frame_mask: Tensor, c: Tensor | None = None,
+                        with_dist0: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, P, hyp_dim) points of the parts in the ball (and d(0, h_p) (B, P) with `with_dist0`)."""
+        return self.project_parts(self.pool_parts(part_features, frame_mask), c, with_dist0)
 
     def forward(self, part_features: dict[str, Tensor], frame_mask: Tensor, decoder_hidden: Tensor,
                 target_mask: Tensor, diagnostics: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
@@ -95,13 +100,17 @@ class HyperbolicBranch(nn.Module):
         `diagnostics=False` skips the per-part distances to the origin (the logs' `dist0_<part>`)
         and τ_attn on the steps where no logger would receive them."""
         c = self.curvature()  # once for every layer below
-        h_parts = self.part_embeddings(part_features, frame_mask, c)  # (B, P, D)
+        # d(0, h_p) comes exact from the projection's clipped tangent: Eq. 4's weights (pooled) and
+        # the logs' dist0_<part>, without `dist0`'s artanh and its backward
+        if self.mode == "pooled" or diagnostics:
+            h_parts, d0_parts = self.part_embeddings(part_features, frame_mask, c, with_dist0=True)  # (B, P, D), (B, P)
+        else:
+            h_parts = self.part_embeddings(part_features, frame_mask, c)
         logs = {}
         if diagnostics:
-            with torch.no_grad():  # logged diagnostics only: no graph to record
-                logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, dist0(h_parts, c).mean(0).unbind())}
+            logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, d0_parts.detach().mean(0).unbind())}
         if self.mode == "pooled":
-            w = frechet_weights(h_parts, c, dim=1, temperature=self.frechet_temperature)  # (B, P)
+            w = torch.softmax(d0_parts / self.frechet_temperature, dim=1)  # (B, P), Eq. 4 (= `frechet_weights`)
             kwargs = {} if self.frechet_iters is None else {"iters": self.frechet_iters}
             pose = frechet_mean(h_parts, w, c, dim=1, **kwargs)  # (B, D)
             text = self.text_proj(masked_mean(decoder_hidden, target_mask), c)  # (B, D)

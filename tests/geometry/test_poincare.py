@@ -226,6 +226,25 @@ def test_clipped_expmap0_is_scale_clip_then_expmap0(c):
     torch.testing.assert_close(v.grad[:, 0], scale.view(3, 1).expand(3, 16))  # d exp_0(s v)/dv = s at the origin
 
 
+def test_clipped_expmap0_dist0_is_the_points_distance_to_the_origin():
+    """`with_dist0`: d(0, h) = 2 × the clipped tangent's norm equals `dist0` of the points, from the
+    origin to far past the clip radius, and its gradient (alone and beside the points') gradchecks
+    in both clip regimes, with a per-group scale."""
+    radii = torch.tensor([0.0, 1e-6, 0.1, 1.0, 10.0, 1e4]).view(1, -1, 1)
+    v = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(3)) * radii  # (G, N, D)
+    scale = torch.tensor([0.5, 3.0]).view(2, 1, 1)
+    points, d0 = clipped_expmap0(v, 1.5, scale, with_dist0=True)
+    assert d0.shape == (2, 6)
+    torch.testing.assert_close(points, clipped_expmap0(v, 1.5, scale))
+    torch.testing.assert_close(d0, dist0(points, 1.5), atol=1e-6, rtol=1e-5)
+    # gradcheck's finite differences need ‖v‖ ≫ their 1e-6 step: radii 0.1 (unclipped) to 1e4
+    leaves = [t.double()[:, 2:].clone().requires_grad_() if t is v else t.double().clone().requires_grad_()
+              for t in (v, torch.tensor(1.5), scale)]
+    w = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert torch.autograd.gradcheck(lambda a, k, s: clipped_expmap0(a, k, s, with_dist0=True)[1] * w, leaves)
+    assert torch.autograd.gradcheck(lambda a, k, s: clipped_expmap0(a, k, s, with_dist0=True), leaves)
+
+
 def test_gradcheck_float64():
     c = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     x = (ref.ball_points(3, 4, 1.3, 0.8, seed=1)).requires_grad_()
