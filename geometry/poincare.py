@@ -162,7 +162,7 @@ def _delta(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
 
 
 def _dist_from_delta(delta: Tensor, c: Tensor) -> Tensor:
-    return 2 / c.sqrt() * torch.asinh(_safe_sqrt(delta))
+    return 2 * torch.asinh(_safe_sqrt(delta)) / c.sqrt()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,18 +429,11 @@ def dist0(x: Tensor, c: Tensor) -> Tensor:
     return (2 * torch.atanh((sqrt_c * _norm(x)).clamp_max(1 - _gap_floor(x))) / sqrt_c).squeeze(-1)
 
 
-def _flat_index(idx: Tensor, m: int) -> Tensor:
-    """Row indices idx (..., N, k) into each batch element's M rows, as indices into the flat
-    (prod(batch)·M, D) table of all of them."""
-    batch = idx.shape[:-2]
-    return idx + (torch.arange(batch.numel(), device=idx.device) * m).view(*batch, 1, 1)
-
-
-def _rows(y: Tensor, idx: Tensor) -> Tensor:
-    """y's rows idx (..., N, k) of (..., M, D) → (..., N, k, D), by indexing a flat table: no
-    N × M × D tensor either way."""
-    m, dim = y.shape[-2:]
-    return y.expand(*idx.shape[:-2], m, dim).reshape(-1, dim)[_flat_index(idx, m)]
+def _row_index(idx: Tensor, dim: int) -> Tensor:
+    """Row indices idx (..., N, k) as a gather/scatter index (..., N·k, dim) along the row axis
+    (a view: no N × M × D tensor either way)."""
+    n, k = idx.shape[-2:]
+    return idx.reshape(*idx.shape[:-2], n * k, 1).expand(*idx.shape[:-2], n * k, dim)
 
 
 def _gram_terms(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, ...]:
@@ -449,7 +442,14 @@ def _gram_terms(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, ...]:
     c / ((1 − c‖x‖²)(1 − c‖y‖²)): (x2, y2, gap_x, gap_y, d2_raw, scale)."""
     x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)
     gx, gy = _gap(x2, c), _gap(y2, c)
-    return x2, y2, gx, gy, x2 + y2 - 2 * _matmul(x, y.transpose(-1, -2)), c / (gx * gy)
+    yt = y.transpose(-1, -2)
+    if x.ndim == 3 and y.ndim == 3 and x.shape[0] == y.shape[0]:  # the product and its sum in one op
+        d2_raw = torch.baddbmm(x2 + y2, x, yt, alpha=-2)
+    elif x.ndim == 2 and y.ndim == 2:
+        d2_raw = torch.addmm(x2 + y2, x, yt, alpha=-2)
+    else:
+        d2_raw = x2 + y2 - 2 * (x @ yt)
+    return x2, y2, gx, gy, d2_raw, c / (gx * gy)
 
 
 class _RefinedPairwiseDist(torch.autograd.Function):
@@ -479,16 +479,18 @@ class _RefinedPairwiseDist(torch.autograd.Function):
             columns = delta.topk(min(refine, y.shape[-2]), dim=-1, largest=False).indices  # (..., N, k)
         else:
             columns = exact.expand(*d2_raw.shape[:-1], exact.shape[-1])  # (..., N, k)
-        diff = x.unsqueeze(-2) - _rows(y, columns)  # (..., N, k, D): x_i − y_j, no cancellation
+        rows = _row_index(columns, x.shape[-1])  # (..., N·k, D)
+        diff = x.unsqueeze(-2) - y.expand(*columns.shape[:-2], *y.shape[-2:]).gather(-2, rows).view(*columns.shape, -1)
+        # (..., N, k, D) above: x_i − y_j, no cancellation
         delta = delta.scatter(-1, columns, _sqnorm(diff).squeeze(-1) * scale.gather(-1, columns))
-        d = _dist_from_delta(delta, c)
-        ctx.save_for_backward(x, y, c, x2, y2, gx, gy, scale, d, delta, d2_raw > 0, columns, diff)
+        d = 2 * torch.asinh(delta.sqrt()) / c.sqrt()  # δ ≥ 0 here, and no autograd: plain sqrt
+        ctx.save_for_backward(x, y, c, x2, y2, gx, gy, scale, d, delta, d2_raw > 0, columns, rows, diff)
         return d
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, y, c, x2, y2, gx, gy, scale, d, delta, gram_kept, columns, diff = ctx.saved_tensors
+        x, y, c, x2, y2, gx, gy, scale, d, delta, gram_kept, columns, rows, diff = ctx.saved_tensors
         dd = torch.addcmul(delta, delta, delta)  # δ(1 + δ); the clamp keeps the unselected rsqrt finite
         big_g = grad * torch.where(dd > 0, dd.clamp_min(torch.finfo(dd.dtype).tiny).rsqrt(), 0.0) / c.sqrt()
         a = big_g * scale  # ∂L/∂‖x_i − y_j‖²
@@ -504,10 +506,7 @@ class _RefinedPairwiseDist(torch.autograd.Function):
             grad_x = grad_x.sum_to_size(x.shape)
         if ctx.needs_input_grad[1]:
             grad_y = 2 * (y * (gram_a.sum(-2, keepdim=True) + c * ry).transpose(-1, -2) - _matmul(gram_a.transpose(-1, -2), x))
-            m, dim = y.shape[-2:]
-            near = torch.zeros(grad_y.numel() // dim, dim, dtype=y.dtype, device=y.device)
-            near = near.index_add(0, _flat_index(columns, m).reshape(-1), (-2 * near_a * diff).reshape(-1, dim))
-            grad_y = (grad_y + near.view(grad_y.shape)).sum_to_size(y.shape)
+            grad_y = grad_y.scatter_add(-2, rows, (-2 * near_a * diff).view(rows.shape)).sum_to_size(y.shape)
         if ctx.needs_input_grad[2]:
             grad_c = torch.addcmul(g_delta, grad, d, value=-0.5).sum((-2, -1), keepdim=True) / c \
                 + (rx * x2).sum(-2, keepdim=True) + (ry * y2).sum(-1, keepdim=True)
