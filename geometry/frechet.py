@@ -62,11 +62,11 @@ def weighted_midpoint(x: Tensor, w: Tensor, c: Tensor, dim: int) -> Tensor:
 class _WeightedMidpoints(torch.autograd.Function):
     """`weighted_midpoints` with its backward written out: the per-token factors λ_j = 2/(1 − c‖x_j‖²)
     and γ_j = (1 + c‖x_j‖²)/(1 − c‖x_j‖²), two matmuls for the Klein point m = (w λ) x / (w γ),
-    then the per-row map to the ball m / (1 + √(1 − c‖m‖²)) and its projection, reversed by hand:
-    autograd recorded about 40 ops and dispatched about 110 in backward for the token attention's
-    read-out, this backward 82. Every clamp has its forward's derivative (0 where it binds), as under
-    autograd (`tests/geometry/test_frechet.py` gradchecks it with broadcast batches, one curvature
-    per batch element and a binding projection)."""
+    then the per-row map to the ball m / (1 + √(1 − c‖m‖²)) and its projection (one log-derivative,
+    as in `_Expmap0`), reversed by hand: autograd recorded about 40 ops and dispatched about 110 in
+    backward for the token attention's read-out, this backward 56. Every clamp has its forward's
+    derivative (0 where it binds), as under autograd (`tests/geometry/test_frechet.py` gradchecks
+    it with broadcast batches, one curvature per batch element and a binding projection)."""
 
     @staticmethod
     def forward(ctx, w: Tensor, x: Tensor, c: Tensor) -> Tensor:
@@ -82,33 +82,28 @@ class _WeightedMidpoints(torch.autograd.Function):
         m = _matmul(lam_w, x) / den  # (..., P, D) Klein point
         m_norm = _norm(m)
         m2 = m_norm * m_norm
-        q = 1 - c * m2  # > 0 inside the ball; rounding can take it to 0 at the edge
-        root = q.clamp_min(0).sqrt()
-        k = 1 / (1 + root)  # Klein → Poincaré factor
+        root = (1 - c * m2).clamp_min(0).sqrt()  # 1 − c‖m‖² > 0 inside the ball; rounding can take it to 0 at the edge
+        k = (1 + root).reciprocal()  # Klein → Poincaré factor
         max_norm = (1 - BALL_EPS) / c.sqrt()
-        fit, fit_on, point_norm = _fit_terms(k * m_norm, max_norm)  # the projection
+        fit, fit_on, _ = _fit_terms(k * m_norm, max_norm)  # the projection (it binds wherever root is 0)
         factor = k * fit
-        ctx.save_for_backward(w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m_norm, m2, root, k, max_norm,
-                              point_norm, fit, factor)
-        ctx.masks = (den_raw >= tiny, q > 0, fit_on)
+        ctx.save_for_backward(w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m2, root, factor)
+        ctx.masks = (den_raw >= tiny, fit_on)
         return m * factor
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
-        (w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m_norm, m2, root, k, max_norm, point_norm, fit,
-         factor) = ctx.saved_tensors
-        den_ok, q_pos, fit_on = ctx.masks
+        w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m2, root, factor = ctx.saved_tensors
+        den_ok, fit_on = ctx.masks
 
-        # out = m · k · fit, per row
-        g_factor = (g * m).sum(-1, keepdim=True)
-        g_fit = torch.where(fit_on, g_factor * k / point_norm, 0.0)  # fit = max_norm / (k‖m‖) where it binds
-        g_k = g_factor * fit - g_fit * fit * m_norm
-        g_m_norm = -g_fit * fit * k
-        g_q = torch.where(q_pos, -g_k * k * k / (2 * torch.where(q_pos, root, 1.0)), 0.0)  # k = 1/(1 + √q)
-        g_m2 = -c * g_q
-        g_m = g * factor + (2 * g_m2 + torch.where(m_norm > 0, g_m_norm / m_norm.clamp_min(torch.finfo(m.dtype).tiny),
-                                                   0.0)) * m
+        # out = m·f, f = fit/(1 + √(1 − c‖m‖²)) a function of c‖m‖² alone, except the projection's
+        # max_norm ∝ c^(−1/2): ∂ln f/∂ln‖m‖² = ∂ln f/∂ln c = (1 − root)/(2 root), or −1/2 where it binds
+        big_g = (g * m).sum(-1, keepdim=True) * factor  # ⟨g, out⟩
+        e = torch.where(fit_on, -0.5, (1 - root) / (root + root))
+        g_ln_m2 = big_g * e
+        # finite at m = 0: G = 0 there (the clamp only avoids 0/0)
+        g_m = torch.addcmul(g * factor, 2 * g_ln_m2 / m2.clamp_min(torch.finfo(m.dtype).tiny), m)
         # m = (λw) x / den, den = w γ past its clamp
         g_num = g_m / den
         g_den = -(g_m * m).sum(-1, keepdim=True) / den * den_ok  # (..., P, 1)
@@ -123,8 +118,7 @@ class _WeightedMidpoints(torch.autograd.Function):
         grad_c = None
         if ctx.needs_input_grad[2]:
             # each term summed on its own: they broadcast differently
-            grad_c = ((-m2 * g_q).sum_to_size(c.shape) - (g_fit * max_norm / (2 * c)).sum_to_size(c.shape)
-                      + (x2 * (g_lorentz / gap - g_gap)).sum_to_size(c.shape))
+            grad_c = (g_ln_m2 / c).sum_to_size(c.shape) + (x2 * (g_lorentz / gap - g_gap)).sum_to_size(c.shape)
         return g_w.sum_to_size(w.shape), g_x.sum_to_size(x.shape), grad_c
 
 
