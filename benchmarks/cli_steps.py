@@ -12,7 +12,8 @@ alone moves by ±3 s from run to run, ±10 ms a step over 300 steps, so each lon
 its steps' wall times through ``--trainer.callbacks+=benchmarks.cli_steps.StepTimes`` (end of one
 batch to the end of the next: loading, forward, backward, optimiser, logging, callbacks) and the
 median of those after the first SHORT steps is the second, steadier measure. Also the ratios of each
-Geo-Sign config's step to the baseline's in the same round, by both measures. Each run of 120 steps
+Geo-Sign config's step to the baseline's in the same round, by both measures, and their medians over
+the rounds (with the range). Each run of 120 steps
 takes about half a minute on the 2-core VM, so the default plan is about ten minutes.
 
 Prints a table, writes ``cli_demo_steps.json``.
@@ -103,6 +104,19 @@ def ratios(records: list[dict]) -> list[dict]:
             for r in records if r["config"] != BASELINE and (r["long"], r["round"]) in base]
 
 
+def summary(ratios_: list[dict]) -> list[dict]:
+    """Per long step count and config: the median over rounds of each ratio, with its range."""
+    out = []
+    for long, config in sorted({(r["long"], r["config"]) for r in ratios_}, key=lambda k: (k[0], CONFIGS.index(k[1]))):
+        rows = [r for r in ratios_ if (r["long"], r["config"]) == (long, config)]
+        row = {"long": long, "config": config, "rounds": len(rows)}
+        for key in ("ratio_to_baseline", "median_ratio_to_baseline"):
+            values = [r[key] for r in rows]
+            row |= {key: statistics.median(values), key + "_min": min(values), key + "_max": max(values)}
+        out.append(row)
+    return out
+
+
 def main(argv: Sequence[str] | None = None,
          run: Callable[[str, int], tuple[float, list[float]]] = fit_seconds) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -121,13 +135,18 @@ def main(argv: Sequence[str] | None = None,
     print_table("Step over the baseline's, same round", ratios(records),
                 [("long", "long", "d"), ("round", "round", "d"), ("config", "config", "s"),
                  ("ratio_to_baseline", "x baseline", ".3f"), ("median_ratio_to_baseline", "median x baseline", ".3f")])
+    print_table("Median over rounds [min, max]", summary(ratios(records)),
+                [("long", "long", "d"), ("config", "config", "s"), ("rounds", "rounds", "d"),
+                 ("ratio_to_baseline", "x baseline", ".3f"), ("ratio_to_baseline_min", "min", ".3f"),
+                 ("ratio_to_baseline_max", "max", ".3f"), ("median_ratio_to_baseline", "median x baseline", ".3f"),
+                 ("median_ratio_to_baseline_min", "min", ".3f"), ("median_ratio_to_baseline_max", "max", ".3f")])
     result = {"command": "python benchmarks/cli_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "what": "demo configs through the CLI: seconds of `lightning fit --config experiments/demo/<name>.yaml "
                       "--trainer.limit_val_batches 0 --trainer.max_steps LONG --trainer.default_root_dir /tmp/...` "
                       "minus the same with SHORT steps, WANDB_MODE=disabled; configs alternate (even rounds unisign, "
                       "pooled, token; odd rounds reversed); median_step_ms: the median of the long fit's per-step "
                       "wall times (StepTimes callback) after its first SHORT steps",
-              "records": records, "ratios": ratios(records)}
+              "records": records, "ratios": ratios(records), "summary": summary(ratios(records))}
     write_results("cli_demo_steps", args.out, result)
     return result
 

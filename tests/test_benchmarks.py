@@ -479,6 +479,8 @@ def test_cli_steps_alternate_the_configs_and_subtract_the_short_fit(tmp_path, ca
     for ratio in result["ratios"]:
         assert ratio["ratio_to_baseline"] == pytest.approx(1.1) and ratio["median_ratio_to_baseline"] == pytest.approx(1.1)
     assert json.loads((tmp_path / "cli_demo_steps.json").read_text())["records"] == result["records"]
+    assert [(r["config"], r["rounds"]) for r in result["summary"]] == [("geosign_pooled", 2), ("geosign_token", 2)]
+    assert all(r["median_ratio_to_baseline"] == pytest.approx(1.1) for r in result["summary"])
     with pytest.raises(SystemExit):
         cli_steps.main(["--long", "20", "--short", "20", "--out", str(tmp_path)], run=fake_fit)
     assert "x baseline" in capsys.readouterr().out
