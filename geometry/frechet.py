@@ -82,7 +82,8 @@ class _WeightedMidpoints(torch.autograd.Function):
         m = _matmul(lam_w, x) / den  # (..., P, D) Klein point
         m_norm = _norm(m)
         m2 = m_norm * m_norm
-        root = (1 - c * m2).clamp_min(0).sqrt()  # 1 − c‖m‖² > 0 inside the ball; rounding can take it to 0 at the edge
+        # 1 − c‖m‖² > 0 inside the ball; rounding can take it to 0 at the edge
+        root = (1 - c * m2).clamp_min(0).sqrt()
         k = (1 + root).reciprocal()  # Klein → Poincaré factor
         max_norm = (1 - BALL_EPS) / c.sqrt()
         fit, fit_on, _ = _fit_terms(k * m_norm, max_norm)  # the projection (it binds wherever root is 0)
@@ -98,7 +99,8 @@ class _WeightedMidpoints(torch.autograd.Function):
         den_ok, fit_on = ctx.masks
 
         # out = m·f, f = fit/(1 + √(1 − c‖m‖²)) a function of c‖m‖² alone, except the projection's
-        # max_norm ∝ c^(−1/2): ∂ln f/∂ln‖m‖² = ∂ln f/∂ln c = (1 − root)/(2 root), or −1/2 where it binds
+        # max_norm ∝ c^(−1/2): ∂ln f/∂ln‖m‖² = ∂ln f/∂ln c = (1 − root)/(2 root), or −1/2 where
+        # it binds
         big_g = (g * m).sum(-1, keepdim=True) * factor  # ⟨g, out⟩
         e = torch.where(fit_on, -0.5, (1 - root) / (root + root))
         g_ln_m2 = big_g * e
@@ -138,7 +140,7 @@ def weighted_midpoints(w: Tensor, x: Tensor, c: Tensor) -> Tensor:
 # Below PHI_SERIES five terms of φ are exact to 9e-9 (the next, 256/693·δ⁵) and five of φ' to 8e-8
 # (the next, 6·1024/3003·δ⁵), about float32's half-ulp, and both stay finite as δ → 0, where the
 # closed form is 0/0. Just above it the closed-form φ' cancels to ≤ 5e-6 relative error (float32,
-# measured against float64), which only moves Newton's Jacobian and the implicit gradient as much
+# measured against float64), which only moves Newton's Jacobian and the implicit gradient as much.
 PHI = (1.0, -2 / 3, 8 / 15, -16 / 35, 128 / 315, -256 / 693)
 PHI_SERIES = 0.03
 # largest entry of J^(2^K) at which the Neumann series counts as converged: the Lou step contracts
@@ -222,8 +224,8 @@ def _lou_terms(beta: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor, w_over_gap
 
 def _lou_jacobian(t: _LouTerms, gram: Tensor, gap_x: Tensor, w_over_gap: Tensor, lorentz_x: Tensor,
                   c: Tensor) -> Tensor:
-    """J = ∂β_new/∂β (..., N, N) of the step `t`, forward mode through
-    the same chain; rows i (the output), columns j (∂/∂β_j)."""
+    """J = ∂β_new/∂β (..., N, N) of the step `t`, forward mode through the same chain; rows i
+    (the output), columns j (∂/∂β_j)."""
     d_mu2 = 2 * t.g_beta.transpose(-1, -2)  # (..., 1, N): ∂‖μ‖²/∂β_j = 2⟨x_j, μ⟩
     d_xmu2 = (d_mu2 - 2 * gram) * (t.xmu2_raw > 0)  # (..., N, N)
     # gap_μ = 1 − c‖μ‖² past its floor (a floored gap equals the floor, an unfloored one exceeds it)
@@ -239,8 +241,8 @@ def _lou_jacobian(t: _LouTerms, gram: Tensor, gap_x: Tensor, w_over_gap: Tensor,
 
 def _lou_vjp(t: _LouTerms, v: Tensor, beta: Tensor, x: Tensor, gram: Tensor, x2: Tensor, gap_x: Tensor,
              w_over_gap: Tensor, lorentz_x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """v ↦ (∂β_new/∂x)ᵀ v, (∂β_new/∂w)ᵀ v, (∂β_new/∂c)ᵀ v for the step `t` taken at
-    the fixed β: reverse mode through `_lou_terms` and the step-invariant terms of `_problem`.
+    """v ↦ (∂β_new/∂x)ᵀ v, (∂β_new/∂w)ᵀ v, (∂β_new/∂c)ᵀ v for the step `t` taken at the fixed β:
+    reverse mode through `_lou_terms` and the step-invariant terms of `_problem`.
     Each reduction sums to the shape its forward broadcast from (`sum_to_size`), so per-problem
     and per-point curvature layouts both come out right; ∂/∂w has w's (..., N, 1) shape."""
     floor = _gap_floor(x2)

@@ -184,7 +184,8 @@ class HyperbolicContrastiveLoss(nn.Module):
         margin = self.margin.clamp_min(0.0)
         with torch.autocast(device_type=x.device.type, enabled=False):
             targets, offset = self._targets(y)
-            labels = (torch.arange(x.shape[-2], device=x.device) + offset).expand(x.shape[:-1]).unsqueeze(-1)  # (..., B, 1)
+            labels = torch.arange(x.shape[-2], device=x.device) + offset
+            labels = labels.expand(x.shape[:-1]).unsqueeze(-1)  # (..., B, 1): row i's positive column
             # every pair in one pass, the positives (the one place near-duplicate pairs are the aim)
             # exact from direct differences; a negative's Gram rounding is at most ~3e-3 in d
             # (float32, F.2-clipped points), far below what moves a logit

@@ -348,7 +348,7 @@ class _MobiusAffine(torch.autograd.Function):
         den = den_raw.clamp_min(tiny)
         num = one_pb + c * b2
         alpha = s * num / den
-        beta = (1 - c * p2) / den  # no floor needed: p is projected, so 1 − c‖p‖² ≥ 1 − (1 − BALL_EPS)² ≈ 8e-3
+        beta = (1 - c * p2) / den  # unfloored: p is projected, so 1 − c‖p‖² ≥ 1 − (1 − BALL_EPS)² ≈ 8e-3
         raw = torch.addcmul(beta * b, alpha, y)  # (..., D_out)
         r = _norm(raw)
         shrink, shrink_on, _ = _fit_terms(r, max_norm)  # the final projection
