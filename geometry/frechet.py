@@ -86,7 +86,7 @@ class _WeightedMidpoints(torch.autograd.Function):
         root = (1 - c * m2).clamp_min(0).sqrt()
         k = (1 + root).reciprocal()  # Klein → Poincaré factor
         max_norm = (1 - BALL_EPS) / c.sqrt()
-        fit, fit_on, _ = _fit_terms(k * m_norm, max_norm)  # the projection (it binds wherever root is 0)
+        fit, fit_on = _fit_terms(k * m_norm, max_norm)  # the projection (it binds wherever root is 0)
         factor = k * fit
         ctx.save_for_backward(w, x, c, x2, gap, lam, lorentz, lam_w, den, m, m2, root, factor)
         ctx.masks = (den_raw >= tiny, fit_on)

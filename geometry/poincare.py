@@ -99,12 +99,17 @@ def _norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
-def _matmul(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b, as a single `bmm` when both are 3-D with one batch size: matmul's broadcasting wraps
-    it in five view ops (and autograd nodes), each costing as much as the product at these sizes."""
+def _matmul(a: Tensor, b: Tensor, add: Tensor | None = None, alpha: float = 1.0) -> Tensor:
+    """a @ b, or add + alpha·(a @ b), as a single `bmm`/`baddbmm` when both are 3-D with one batch
+    size (`addmm` when 2-D): matmul's broadcasting wraps the product in five view ops (and autograd
+    nodes), and the sum would be two more, each costing as much as the product at these sizes."""
     if a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]:
-        return torch.bmm(a, b)
-    return a @ b
+        return torch.bmm(a, b) if add is None else torch.baddbmm(add, a, b, alpha=alpha)
+    if add is None:
+        return a @ b
+    if a.ndim == 2 and b.ndim == 2:
+        return torch.addmm(add, a, b, alpha=alpha)
+    return add + alpha * (a @ b)
 
 
 def _gap(x2: Tensor, c: Tensor) -> Tensor:
@@ -120,14 +125,14 @@ def _artanhc(u: Tensor) -> Tensor:
 # Un-wrapped kernels: inputs already in the compute dtype; used by every public function below
 # ----------------------------------------------------------------------------------------------
 
-def _fit_terms(norm: Tensor, max_norm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _fit_terms(norm: Tensor, max_norm: Tensor) -> tuple[Tensor, Tensor]:
     """min(max_norm / norm, 1), the factor that pulls a point of this norm back inside the radius,
-    with the mask where it binds and max(norm, max_norm) (the written-out backwards reuse both).
-    The quotient runs on max(norm, max_norm) and `where` picks it only outside: min(q, 1) alone
-    has the backward inf · 0 = NaN at norms near 1e-20, and max_norm / max(norm, max_norm) alone
-    gives max_norm (hence c) a rounding-noise gradient inside."""
-    on, clamped = norm >= max_norm, norm.clamp_min(max_norm)
-    return torch.where(on, max_norm / clamped, 1.0), on, clamped
+    with the mask where it binds (the written-out backwards' derivative switch). The quotient runs
+    on max(norm, max_norm) and `where` picks it only outside: min(q, 1) alone has the backward
+    inf · 0 = NaN at norms near 1e-20, and max_norm / max(norm, max_norm) alone gives max_norm
+    (hence c) a rounding-noise gradient inside."""
+    on = norm >= max_norm
+    return torch.where(on, max_norm / norm.clamp_min(max_norm), 1.0), on
 
 
 def _fit(norm: Tensor, max_norm: Tensor) -> Tensor:
@@ -222,7 +227,7 @@ class _Expmap0(torch.autograd.Function):
         exp = tanh_u / u  # tanh(u)/u ∈ (0, 1]
         if scale is None:
             max_norm = (1 - BALL_EPS) / sqrt_c
-            fit, fit_on, _ = _fit_terms(tanh_u / sqrt_c, max_norm)  # the projection of ‖out‖ = tanh(u)/√c
+            fit, fit_on = _fit_terms(tanh_u / sqrt_c, max_norm)  # the projection of ‖out‖ = tanh(u)/√c
             factor = exp * fit
         else:
             factor = exp * scale / z.clamp_min(1.0)  # tanh(u)/u · s / max(1, z)
@@ -339,7 +344,7 @@ class _MobiusAffine(torch.autograd.Function):
         lf = torch.atanh(u) / u
         v = (sqrt_c * ny * lf).clamp_min(tiny)  # likewise tanh(v)/v at y = 0
         tanh_v = torch.tanh(v)
-        fit, fit_on, _ = _fit_terms(tanh_v / sqrt_c, max_norm)  # ‖M ⊗ x‖ = tanh(v)/√c
+        fit, fit_on = _fit_terms(tanh_v / sqrt_c, max_norm)  # ‖M ⊗ x‖ = tanh(v)/√c
         s = tanh_v / v * lf * fit
         # p ⊕ b = α y + β b with p = s·y (Möbius addition's coefficients)
         p2, pb = s * s * y2, s * yb
@@ -351,7 +356,7 @@ class _MobiusAffine(torch.autograd.Function):
         beta = (1 - c * p2) / den  # unfloored: p is projected, so 1 − c‖p‖² ≥ 1 − (1 − BALL_EPS)² ≈ 8e-3
         raw = torch.addcmul(beta * b, alpha, y)  # (..., D_out)
         r = _norm(raw)
-        shrink, shrink_on, _ = _fit_terms(r, max_norm)  # the final projection
+        shrink, shrink_on = _fit_terms(r, max_norm)  # the final projection
         ctx.save_for_backward(M, x, b, c, y, nx, ny, yb, b2, u, lf, v, tanh_v, s, p2, pb, den, num, alpha, beta,
                               raw, r, shrink)
         ctx.masks = (u_raw < 1 - floor, fit_on, den_raw >= tiny, shrink_on)
@@ -442,14 +447,7 @@ def _gram_terms(x: Tensor, y: Tensor, c: Tensor) -> tuple[Tensor, ...]:
     c / ((1 − c‖x‖²)(1 − c‖y‖²)): (x2, y2, gap_x, gap_y, d2_raw, scale)."""
     x2, y2 = _sqnorm(x), _sqnorm(y).transpose(-1, -2)
     gx, gy = _gap(x2, c), _gap(y2, c)
-    yt = y.transpose(-1, -2)
-    if x.ndim == 3 and y.ndim == 3 and x.shape[0] == y.shape[0]:  # the product and its sum in one op
-        d2_raw = torch.baddbmm(x2 + y2, x, yt, alpha=-2)
-    elif x.ndim == 2 and y.ndim == 2:
-        d2_raw = torch.addmm(x2 + y2, x, yt, alpha=-2)
-    else:
-        d2_raw = x2 + y2 - 2 * (x @ yt)
-    return x2, y2, gx, gy, d2_raw, c / (gx * gy)
+    return x2, y2, gx, gy, _matmul(x, y.transpose(-1, -2), add=x2 + y2, alpha=-2), c / (gx * gy)
 
 
 class _RefinedPairwiseDist(torch.autograd.Function):
