@@ -128,14 +128,15 @@ def main(argv: Sequence[str] | None = None,
     if args.short < 1 or args.rounds < 1 or min(args.long) <= args.short:
         parser.error("need --short >= 1, --rounds >= 1 and every --long above --short")
     records = measure(args.long, args.short, args.rounds, run)
+    per_round = ratios(records)
     print_table("Demo training step through the CLI (long minus short fit)", records,
                 [("long", "long", "d"), ("round", "round", "d"), ("config", "config", "s"),
                  ("ms_per_step", "ms/step", ".1f"), ("median_step_ms", "median step ms", ".1f"),
                  ("load", "load", ".2f")])
-    print_table("Step over the baseline's, same round", ratios(records),
+    print_table("Step over the baseline's, same round", per_round,
                 [("long", "long", "d"), ("round", "round", "d"), ("config", "config", "s"),
                  ("ratio_to_baseline", "x baseline", ".3f"), ("median_ratio_to_baseline", "median x baseline", ".3f")])
-    print_table("Median over rounds [min, max]", summary(ratios(records)),
+    print_table("Median over rounds [min, max]", summary(per_round),
                 [("long", "long", "d"), ("config", "config", "s"), ("rounds", "rounds", "d"),
                  ("ratio_to_baseline", "x baseline", ".3f"), ("ratio_to_baseline_min", "min", ".3f"),
                  ("ratio_to_baseline_max", "max", ".3f"), ("median_ratio_to_baseline", "median x baseline", ".3f"),
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None,
                       "minus the same with SHORT steps, WANDB_MODE=disabled; configs alternate (even rounds unisign, "
                       "pooled, token; odd rounds reversed); median_step_ms: the median of the long fit's per-step "
                       "wall times (StepTimes callback) after its first SHORT steps",
-              "records": records, "ratios": ratios(records), "summary": summary(ratios(records))}
+              "records": records, "ratios": per_round, "summary": summary(per_round)}
     write_results("cli_demo_steps", args.out, result)
     return result
 
