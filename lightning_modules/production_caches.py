@@ -58,6 +58,15 @@ class KeyedCache:
         atomic_torch_save({**self.key, self.entries_name: entries}, self.path)
 
 
+def _is_target(entry, num_parts: int) -> bool:
+    """Whether a cache entry is one sample's (codes (T, num_parts), gloss lengths (M,)), both int64."""
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not all(isinstance(t, Tensor) for t in entry):
+        return False
+    codes, lengths = entry
+    return (codes.dtype == lengths.dtype == torch.long and codes.ndim == 2 and codes.shape[1] == num_parts
+            and lengths.ndim == 1)
+
+
 class TargetsCache:
     """Each sample's codes (T, P) and sequential-KNN gloss lengths (M,), by sample name.
 
@@ -85,8 +94,14 @@ class TargetsCache:
         return KeyedCache(path, key, "targets", "PoseVQ-Diffusion targets cache")
 
     def load(self, path: str | Path, vqvae: nn.Module) -> None:
-        """Add the entries of ``path`` if it was made for this VQ-VAE and (k, l)."""
-        self.entries.update(self._file(path, vqvae).load())
+        """Add the entries of ``path`` if it was made for this VQ-VAE and (k, l). An entry that is
+        not (codes (T, P) int64, lengths (M,) int64) is an error naming the file and the sample."""
+        entries = self._file(path, vqvae).load()
+        for name, entry in entries.items():
+            if not _is_target(entry, vqvae.num_parts):
+                raise ValueError(f"{path}: the entry of sample {name!r} is not (codes (T, {vqvae.num_parts}) int64, "
+                                 f"gloss lengths (M,) int64); delete the file to rebuild it")
+        self.entries.update(entries)
 
     def save(self, path: str | Path, vqvae: nn.Module) -> None:
         """Write every entry to ``path`` if any was added since the last load or save."""

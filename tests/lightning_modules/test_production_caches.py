@@ -107,3 +107,29 @@ def test_entries_that_no_longer_fit_the_batch_and_foreign_files_are_named_errors
     torch.save({"x": 1}, foreign)
     with pytest.raises(ValueError, match="foreign.pt is not a PoseVQ-Diffusion targets cache"):
         TargetsCache(2, 2).load(foreign, CountingTokenizer())
+
+
+@pytest.mark.parametrize("entry", [
+    "codes",  # not a pair
+    (torch.zeros(12, 3, dtype=torch.long),),  # one tensor
+    (torch.zeros(12, 3), torch.tensor([5, 7])),  # float codes
+    (torch.zeros(12, 2, dtype=torch.long), torch.tensor([5, 7])),  # another tokenizer's part count
+    (torch.zeros(12, 3, dtype=torch.long), torch.tensor([[5, 7]])),  # lengths not 1-D
+])
+def test_a_malformed_entry_in_a_saved_file_is_an_error_naming_the_file_and_sample(tmp_path, entry):
+    tokenizer = CountingTokenizer()
+    cache = TargetsCache(2, 2)
+    cache.lookup(BATCH, tokenizer)
+    path = tmp_path / "targets.pt"
+    cache.save(path, tokenizer)
+    stored = torch.load(path, weights_only=True)
+    stored["targets"]["b"] = entry
+    torch.save(stored, path)
+    fresh = TargetsCache(2, 2)
+    with pytest.raises(ValueError, match=r"targets\.pt: the entry of sample 'b' is not"):
+        fresh.load(path, tokenizer)
+    assert fresh.entries == {}  # nothing half-loaded
+    stored["targets"]["b"] = cache.entries["b"]  # the well-formed file loads
+    torch.save(stored, path)
+    fresh.load(path, tokenizer)
+    assert fresh.entries.keys() == {"a", "b"}
