@@ -149,7 +149,8 @@ class CSLNewsDataModule(SignTranslationDataModule):
 
     ``label_file``: ``CSL_News_Labels.json``; ``pose_dir``: its ``pose_format`` folder;
     ``split_dir``: where the per-split label files (and the packed cache, under ``packed/``) go,
-    by default ``<label_file's folder>/signlab_splits``. ``synthsign: true`` first generates
+    by default ``<label_file's folder>/signlab_splits``; ``cache_dir`` moves the packed cache out, as
+    for the parent (``<cache_dir>/<split_dir's name>-<hash>/``). ``synthsign: true`` first generates
     SynthSign into ``data_dir`` (``synthsign_kwargs``) and writes it at ``label_file``/``pose_dir``
     in CSL-News's layout. Everything else is ``SignTranslationDataModule``'s.
     """
@@ -161,7 +162,7 @@ class CSLNewsDataModule(SignTranslationDataModule):
                  data_dir: str = "data/synthsign", tokenizer: str = "google/mt5-base", language: str = "zh",
                  max_len: int = 256, max_target_len: int = 64, batch_size: int = 8, num_workers: int = 0,
                  on_bad_sample: str = "raise", seed: int = 0, synthsign_kwargs: dict | None = None,
-                 packed: bool = True):
+                 packed: bool = True, cache_dir: str | None = None):
         if not 0 < dev_fraction < 1:
             raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
         label_file_path = Path(label_file)
@@ -170,7 +171,7 @@ class CSLNewsDataModule(SignTranslationDataModule):
         super().__init__(dataset="csl_daily", data_dir=data_dir, label_dir=split_dir, pose_dir=pose_dir,
                          tokenizer=tokenizer, language=language, max_len=max_len, max_target_len=max_target_len,
                          batch_size=batch_size, num_workers=num_workers, on_bad_sample=on_bad_sample, seed=seed,
-                         synthsign_kwargs=synthsign_kwargs, packed=packed)
+                         synthsign_kwargs=synthsign_kwargs, packed=packed, cache_dir=cache_dir)
         self.dataset = "csl_news"  # after the parent's check; its prepare_data generates nothing for it
         self.label_file, self.dev_fraction, self.synthsign = label_file_path, dev_fraction, synthsign
 

@@ -77,6 +77,18 @@ def test_packed_and_pickle_batches_agree(synth_news):
     assert_same_batches(list(loader), list(plain_loader), whole)
 
 
+def test_cache_dir_moves_the_packed_cache_out_of_the_split_folder(synth_news, tmp_path):
+    root, kwargs, dm = synth_news
+    moved = CSLNewsDataModule(**kwargs, cache_dir=str(tmp_path / "cache"))
+    moved.prepare_data()
+    moved.setup()
+    assert moved.cache_dir.parent == tmp_path / "cache" and moved.cache_dir.name.startswith("signlab_splits-")
+    assert (moved.cache_dir / "train.index.json").is_file() and moved.datasets["train"].poses is not None
+    assert dm.cache_dir == root / "news" / "signlab_splits" / "packed"  # the default stays beside the splits
+    first, moved_first = next(iter(dm.val_dataloader())), next(iter(moved.val_dataloader()))
+    assert moved_first["name"] == first["name"] and moved_first["body"].equal(first["body"])
+
+
 def test_splits_rewritten_only_when_the_json_changes(synth_news, tmp_path):
     root, _, _ = synth_news
     label_file = root / "news" / "CSL_News_Labels.json"
