@@ -139,7 +139,7 @@ class SaveConfigToRun(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, run_dir / self.config_filename, skip_none=False,
+        self.parser.save(self.config, run_dir / self.config_filename, skip_unset=False,
                          overwrite=self.overwrite, multifile=self.multifile)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

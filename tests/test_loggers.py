@@ -11,7 +11,7 @@ import yaml
 
 from lightning_modules.cli import SignLabCLI
 from tests.cli_runs import GEOSIGN_TOKEN, REPO, TINY_GEOSIGN, ok, run_cli
-from tests.wandb_offline import offline_runs, read_offline_run
+from tests.wandb_offline import offline_runs, read_offline_run, run_exited
 
 TINY = str(REPO / "tests" / "cli_fixtures" / "tiny.yaml")
 CSV = str(REPO / "experiments" / "loggers" / "csv.yaml")
@@ -119,3 +119,18 @@ def test_validate_and_test_after_a_fit_log_into_its_wandb_run(tmp_path):
     assert len(read_offline_run(validate)[1]["val/loss"]) == 1
     fresh_config, fresh_history = read_offline_run(fresh)
     assert "test/loss" in fresh_history and "test" in fresh_config
+
+
+def test_the_cli_finishes_its_wandb_run_before_it_returns(tmp_path, monkeypatch):
+    """In one process (as under a parent that shares its wandb service), a command that returned
+    without finishing its run would leave it open: the next command of the same run finds the id
+    in use and the offline file has no exit record."""
+    import wandb
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    SignLabCLI(args=["fit", "--config", TINY, "--trainer.max_epochs", "1"])
+    assert wandb.run is None
+    run = offline_runs(tmp_path / "runs" / "tiny")[0]
+    assert run_exited(run) and read_offline_run(run)[1]["val/loss"]  # finished, with what the fit logged

@@ -69,6 +69,12 @@ def read_offline_run(run_dir: str | Path) -> tuple[dict, dict[str, list]]:
     return config, history
 
 
+def run_exited(run_dir: str | Path) -> bool:
+    """Whether the offline run's file holds its exit record: written only when the run finished."""
+    files = sorted(Path(run_dir).glob("run-*.wandb"))
+    return bool(files) and any(record.WhichOneof("record_type") == "exit" for record in _records(files[0]))
+
+
 def offline_runs(save_dir: str | Path) -> list[Path]:
     """Offline run folders under a WandbLogger save_dir, oldest first."""
     return sorted(Path(save_dir).glob("wandb/offline-run-*"))
