@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import sys
 
 import pytest
 import yaml
@@ -130,6 +131,10 @@ def test_the_cli_finishes_its_wandb_run_before_it_returns(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["lightning"])  # pytest's own arguments are not the CLI's
+    # wandb reads its environment once per process; an earlier in-process run (tests/test_benchmarks)
+    # would leave its online default in place of the offline mode the YAML's logger sets
+    wandb.teardown()
     SignLabCLI(args=["fit", "--config", TINY, "--trainer.max_epochs", "1"])
     assert wandb.run is None
     run = offline_runs(tmp_path / "runs" / "tiny")[0]
