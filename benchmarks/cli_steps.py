@@ -36,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as L  # noqa: E402
 
-from benchmarks.common import RESULTS_DIR, print_table, write_results  # noqa: E402
+from benchmarks.common import REPO, RESULTS_DIR, checkout_env, print_table, write_results  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("unisign_pose", "geosign_pooled", "geosign_token")
 BASELINE = "unisign_pose"
 
@@ -71,10 +70,8 @@ def fit_seconds(config: str, steps: int) -> tuple[float, list[float]]:
         args = ["lightning", "fit", "--config", f"experiments/demo/{config}.yaml", "--trainer.limit_val_batches", "0",
                 "--trainer.max_steps", str(steps), "--trainer.default_root_dir", root,
                 "--trainer.callbacks+=benchmarks.cli_steps.StepTimes", "--trainer.callbacks.path", str(times)]
-        env = os.environ | {"WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
         start = time.perf_counter()
-        subprocess.run(args, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(args, cwd=REPO, env=checkout_env(WANDB_MODE="disabled"), check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - start, json.loads(times.read_text())
 
 

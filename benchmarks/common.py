@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 _LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]  # 1/5/15-min load when the script started
 
 
@@ -48,6 +49,14 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     for _ in range(warmup):
         fn()
     return statistics.median(timed(fn)[0] for _ in range(repeats))
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment of a command a benchmark starts (``lightning fit``, ...): this checkout first
+    on PYTHONPATH, so the command runs the code being measured and not whichever checkout pip
+    last installed signlab from; ``extra`` variables on top."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return os.environ | extra | {"PYTHONPATH": path}
 
 
 def machine() -> dict:

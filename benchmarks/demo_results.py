@@ -40,9 +40,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, print_table, write_results  # noqa: E402
+from benchmarks.common import REPO, RESULTS_DIR, checkout_env, print_table, write_results  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments" / "demo"
 BACK_TRANSLATOR_CKPT = "runs/demo_back_translator/checkpoints/last.ckpt"  # as the generator YAMLs' comments say
 
@@ -251,10 +250,11 @@ def demo_results(demo: Demo, runs_dir: Path) -> dict | None:
 
 
 def run_command(args: Sequence[str]) -> dict:
-    """Run a CLI command from the repository root: wall seconds, peak RSS (GB) of its process tree."""
+    """Run a CLI command from the repository root, on this checkout's code (``checkout_env``): wall
+    seconds, peak RSS (GB) of its process tree."""
     print("$ " + " ".join(args), flush=True)
     start = time.perf_counter()
-    process = subprocess.Popen(list(args), cwd=REPO)
+    process = subprocess.Popen(list(args), cwd=REPO, env=checkout_env())
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)

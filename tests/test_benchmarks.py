@@ -418,6 +418,9 @@ def test_demo_results_runs_the_cli_commands_it_times(tmp_path):
     assert timing["wall_s"] > 0 and timing["peak_rss_gb"] > 0.04  # the child's own peak, not this process's
     with pytest.raises(RuntimeError, match="exited with 3"):
         demo_results.run_command([sys.executable, "-c", "raise SystemExit(3)"])
+    # the commands run this checkout's code, whichever checkout pip installed signlab from
+    demo_results.run_command([sys.executable, "-c", "import os, sys; "
+                              f"sys.exit(os.environ['PYTHONPATH'].split(os.pathsep)[0] != {str(REPO)!r})"])
     joint = next(d for d in demo_results.PRODUCTION if d.name == "pose_vqvae_joint")
     assert joint.run_dir() == "runs/demo_pose_vqvae_joint" and joint.monitor() == ("val/rec_mse", "min")
     assert [d.run_dir() for d in demo_results.TRANSLATION] == [
