@@ -388,9 +388,18 @@ def frechet_mean(x: Tensor, w: Tensor, c: Tensor, dim: int, iters: int = FRECHET
 
 
 @full_precision
-def frechet_weights(points: Tensor, c: Tensor, dim: int, temperature: float = 1.0) -> Tensor:
-    """Eq. 4 weights w_p = softmax_p(d(0, h_p) / λ_w) over the point axis `dim`: (...,)."""
+def frechet_weights(points: Tensor, c: Tensor, dim: int, temperature: float = 1.0,
+                    d0: Tensor | None = None) -> Tensor:
+    """Eq. 4 weights w_p = softmax_p(d(0, h_p) / λ_w) over the point axis `dim`: (...,).
+
+    `d0`: the points' d(0, h_p) (points.shape[:-1]) when the caller already has them exactly (the
+    pooled branch's projection does), instead of `dist0`'s artanh and its backward."""
     d = _point_dim(points, dim, "frechet_weights")
     if temperature <= 0:
         raise ValueError(f"frechet_weights: temperature λ_w must be > 0, got {temperature}")
-    return torch.softmax(dist0(points, c) / temperature, dim=d)
+    if d0 is None:
+        d0 = dist0(points, c)
+    elif d0.shape != points.shape[:-1]:
+        raise ValueError(f"frechet_weights: d0 {tuple(d0.shape)} must be the points' shape without the feature "
+                         f"axis, {tuple(points.shape[:-1])}")
+    return torch.softmax(d0 / temperature, dim=d)

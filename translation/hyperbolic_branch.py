@@ -15,6 +15,7 @@ from geometry import (
     HyperbolicContrastiveLoss,
     HyperbolicProjection,
     frechet_mean,
+    frechet_weights,
 )
 
 MODES = ("pooled", "token")
@@ -110,7 +111,7 @@ class HyperbolicBranch(nn.Module):
         if diagnostics:
             logs = {f"dist0_{p}": d for p, d in zip(PART_NAMES, d0_parts.detach().mean(0).unbind())}
         if self.mode == "pooled":
-            w = torch.softmax(d0_parts / self.frechet_temperature, dim=1)  # (B, P), Eq. 4 (= `frechet_weights`)
+            w = frechet_weights(h_parts, c, dim=1, temperature=self.frechet_temperature, d0=d0_parts)  # (B, P), Eq. 4
             kwargs = {} if self.frechet_iters is None else {"iters": self.frechet_iters}
             pose = frechet_mean(h_parts, w, c, dim=1, **kwargs)  # (B, D)
             text = self.text_proj(masked_mean(decoder_hidden, target_mask), c)  # (B, D)

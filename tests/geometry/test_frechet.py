@@ -194,6 +194,11 @@ def test_frechet_weights_are_eq4_softmax():
     torch.testing.assert_close(w.sum(1), torch.ones(3))
     with pytest.raises(ValueError, match="temperature"):
         frechet_weights(x, c, dim=1, temperature=0.0)
+    # distances the caller already has are used as given, and must be one per point
+    d0 = torch.rand(3, 4)
+    torch.testing.assert_close(frechet_weights(x, c, dim=1, temperature=0.5, d0=d0), torch.softmax(d0 / 0.5, dim=1))
+    with pytest.raises(ValueError, match=r"d0 \(3, 4, 1\) must be the points' shape"):
+        frechet_weights(x, c, dim=1, d0=d0[..., None])
 
 
 @settings(max_examples=60, deadline=None)
